@@ -1,0 +1,153 @@
+"""Convolution and batch norm as `tf.Module`s over `tf.nn`, with TF-slim's variable names.
+
+Each layer is created under a scope string such as `resnet_v1_101/block3/unit_7/bottleneck_v1/conv2`
+and names its variables `<scope>/weights`, `<scope>/biases` and `<scope>/BatchNorm/{beta, gamma,
+moving_mean, moving_variance}`, exactly as slim does, so slim's ImageNet checkpoints load by name.
+"""
+import numpy as np
+import tensorflow as tf
+
+BN_EPSILON = 1e-5  # slim's resnet_arg_scope.
+
+
+def he_normal(shape, rng):
+    """Truncated-normal He initialisation (slim's variance_scaling_initializer, factor 2, FAN_IN).
+
+    Args:
+        shape: kernel shape [k, k, in, out].
+        rng: a `np.random.Generator`, so a seed reproduces the whole network.
+    """
+    fan_in = int(np.prod(shape[:-1]))
+    # 0.8796 is the stddev of a unit normal truncated at two standard deviations.
+    stddev = np.sqrt(2.0 / fan_in) / 0.87962566103423978
+    values = rng.standard_normal(size=shape)
+    values = np.clip(values, -2.0, 2.0)
+    return (values * stddev).astype(np.float32)
+
+
+def fixed_padding(inputs, kernel_size, rate=1):
+    """Pads like slim's `conv2d_same`, so a strided VALID conv samples pixels 0, s, 2s, ...
+
+    The effective kernel `k + (k - 1)(rate - 1)` is padded by `k_eff - 1` in total, `//2` before
+    and the rest after. Then features of a strided conv sit exactly on every s-th input pixel for any
+    input size, which is what slim's ImageNet weights saw.
+
+    Args:
+        inputs: [B, H, W, C].
+    Returns:
+        [B, H + k_eff - 1, W + k_eff - 1, C].
+    """
+    k_eff = kernel_size + (kernel_size - 1) * (rate - 1)
+    pad_total = k_eff - 1
+    pad_beg = pad_total // 2
+    pad_end = pad_total - pad_beg
+    return tf.pad(inputs, [[0, 0], [pad_beg, pad_end], [pad_beg, pad_end], [0, 0]])
+
+
+class Conv2D(tf.Module):
+    """A 2-D convolution with slim's names: `<scope>/weights` [k, k, in, out], `<scope>/biases` [out].
+
+    Convolutions followed by batch norm have no bias.
+    """
+
+    def __init__(self, scope, kernel_size, in_channels, out_channels, rng, use_bias=False):
+        super().__init__(name=None)
+        self.scope = scope
+        self.kernel_size = kernel_size
+        self.kernel = tf.Variable(
+            he_normal([kernel_size, kernel_size, in_channels, out_channels], rng),
+            name=f'{scope}/weights')
+        self.bias = (tf.Variable(tf.zeros([out_channels]), name=f'{scope}/biases')
+                     if use_bias else None)
+
+    def __call__(self, inputs, stride=1, rate=1):
+        """Applies the convolution.
+
+        Stride 1 uses SAME padding (any rate); stride > 1 pads like `conv2d_same` and uses VALID.
+
+        Args:
+            inputs: [B, H, W, in].
+            stride: spatial stride.
+            rate: atrous (dilation) rate.
+        Returns:
+            [B, ceil(H / stride), ceil(W / stride), out].
+        """
+        kernel = tf.cast(self.kernel, inputs.dtype)
+        if stride == 1:
+            outputs = tf.nn.conv2d(inputs, kernel, 1, 'SAME', dilations=rate)
+        else:
+            if rate != 1:
+                raise ValueError(f'{self.scope}: a strided conv cannot also be atrous '
+                                 f'(stride={stride}, rate={rate})')
+            outputs = tf.nn.conv2d(fixed_padding(inputs, self.kernel_size), kernel, stride, 'VALID')
+        if self.bias is not None:
+            outputs = tf.nn.bias_add(outputs, tf.cast(self.bias, outputs.dtype))
+        return outputs
+
+
+class BatchNorm(tf.Module):
+    """Batch norm with slim's names under `<scope>/BatchNorm/`.
+
+    Three modes (paper, section 4.1 trains with batch norm, then freezes it):
+    - train: `training=True`, not frozen. Normalises with the batch statistics and updates the
+      moving averages with `decay` (0.9997 in the paper). With `sync=True` and several replicas,
+      the batch statistics are all-reduced across replicas, so N replicas x b images normalise like
+      one batch of N*b.
+    - frozen: `frozen=True`. Normalises with the moving statistics, which never change; gamma and
+      beta are created non-trainable, so no optimiser touches them.
+    - inference: `training=False`. Normalises with the moving statistics.
+    """
+
+    def __init__(self, scope, channels, decay=0.9997, frozen=False, sync=False):
+        super().__init__(name=None)
+        self.scope = f'{scope}/BatchNorm'
+        self.decay = decay
+        self.frozen = frozen
+        self.sync = sync
+        self.beta = tf.Variable(tf.zeros([channels]), trainable=not frozen,
+                                name=f'{self.scope}/beta')
+        self.gamma = tf.Variable(tf.ones([channels]), trainable=not frozen,
+                                 name=f'{self.scope}/gamma')
+        # ON_READ + MEAN: each replica keeps its own copy during a step (no cross-replica
+        # traffic per update); reading outside a replica (checkpoints) averages them.
+        moving = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
+                      aggregation=tf.VariableAggregation.MEAN)
+        self.moving_mean = tf.Variable(tf.zeros([channels]), name=f'{self.scope}/moving_mean',
+                                       **moving)
+        self.moving_variance = tf.Variable(tf.ones([channels]),
+                                           name=f'{self.scope}/moving_variance', **moving)
+
+    def __call__(self, inputs, training):
+        """Normalises `inputs` [B, H, W, C] and returns the same shape."""
+        gamma = tf.cast(self.gamma, tf.float32)
+        beta = tf.cast(self.beta, tf.float32)
+        if not training or self.frozen:
+            outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                inputs, gamma, beta, mean=self.moving_mean, variance=self.moving_variance,
+                epsilon=BN_EPSILON, is_training=False)
+            return outputs
+        mean, variance = self._batch_moments(inputs)
+        outputs = tf.nn.batch_normalization(
+            inputs, tf.cast(mean, inputs.dtype), tf.cast(variance, inputs.dtype),
+            tf.cast(beta, inputs.dtype), tf.cast(gamma, inputs.dtype), BN_EPSILON)
+        self.moving_mean.assign_sub((self.moving_mean - mean) * (1.0 - self.decay))
+        self.moving_variance.assign_sub((self.moving_variance - variance) * (1.0 - self.decay))
+        return outputs
+
+    def _batch_moments(self, inputs):
+        """Mean and (biased) variance per channel over batch and space, in float32.
+
+        Returns:
+            (mean [C], variance [C]); all-reduced across replicas when `sync` is on.
+        """
+        x = tf.cast(inputs, tf.float32)
+        replica = tf.distribute.get_replica_context()
+        if not (self.sync and replica is not None and replica.num_replicas_in_sync > 1):
+            return tf.nn.moments(x, axes=[0, 1, 2])
+        count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
+        total, total_sq, count = replica.all_reduce(
+            tf.distribute.ReduceOp.SUM,
+            [tf.reduce_sum(x, axis=[0, 1, 2]), tf.reduce_sum(tf.square(x), axis=[0, 1, 2]),
+             count])
+        mean = total / count
+        return mean, tf.maximum(total_sq / count - tf.square(mean), 0.0)
