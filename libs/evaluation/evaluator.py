@@ -1,0 +1,133 @@
+"""Evaluation over a whole split: predict every image, accumulate ONE confusion matrix.
+
+DESIGN.md, "VOC conventions": images are predicted at full resolution, the label is never resized,
+255 is excluded, and mIoU comes from the confusion matrix of the whole split.
+"""
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from libs.evaluation import metrics
+from libs.utils import visualize
+
+
+def evaluate_dataset(predictor, dataset, num_classes, ignore_label=255, save_predictions_dir=None,
+                     progress=True, max_images=None):
+    """Predicts every image of `dataset` and scores the predictions against the labels.
+
+    Args:
+        predictor: object with `predict(image)` mapping float32 [H, W, 3] to int [H, W], e.g. a
+            `MultiScalePredictor`.
+        dataset: unbatched `tf.data.Dataset` of dicts with `image` (float32 [H, W, 3],
+            normalized), `label` (int [H, W], 255 ignored) and `image_id` (tf.string).
+        num_classes: C.
+        ignore_label: label value excluded from the score.
+        save_predictions_dir: if given, each prediction is written there as the palette PNG
+            `<image_id>.png` (the folder is created).
+        progress: show a progress bar on stderr.
+        max_images: evaluate only the first `max_images` images.
+
+    Returns:
+        dict with `miou` (float, None if no pixel was scored), `per_class_iou` (list of C floats,
+        None for classes absent from labels and predictions), `pixel_accuracy` (float or None),
+        `confusion_matrix` (C lists of C ints, rows ground truth) and `num_images`.
+
+    Raises:
+        ValueError: if the dataset yields no image, or a label's size differs from its image's.
+    """
+    if max_images is not None:
+        dataset = dataset.take(max_images)
+    if save_predictions_dir is not None:
+        os.makedirs(save_predictions_dir, exist_ok=True)
+    cardinality = int(dataset.cardinality())
+    total = cardinality if cardinality >= 0 else None
+    accumulator = metrics.ConfusionAccumulator(num_classes)
+    num_images = 0
+    for example in tqdm(dataset, total=total, file=sys.stderr, disable=not progress,
+                        desc='evaluate', unit='img'):
+        image_id = example['image_id'].numpy().decode('utf-8')
+        label = example['label']
+        if label.shape != example['image'].shape[:2]:
+            raise ValueError(
+                f'{image_id}: label size {label.shape} differs from image size '
+                f'{example["image"].shape[:2]}; labels are never resized for evaluation')
+        prediction = predictor.predict(example['image'])
+        accumulator.update(metrics.confusion_matrix(label, prediction, num_classes, ignore_label))
+        if save_predictions_dir is not None:
+            visualize.save_palette_png(
+                os.path.join(save_predictions_dir, _png_name(image_id)), prediction.numpy())
+        num_images += 1
+    if num_images == 0:
+        raise ValueError('the dataset yielded no images to evaluate')
+    scores = accumulator.result()
+    return {
+        'miou': _none_if_nan(scores['miou']),
+        'per_class_iou': [_none_if_nan(v) for v in scores['per_class_iou']],
+        'pixel_accuracy': _none_if_nan(scores['pixel_accuracy']),
+        'confusion_matrix': accumulator.confusion.tolist(),
+        'num_images': num_images,
+    }
+
+
+def result_to_json_dict(result, class_names, **extra):
+    """The JSON report of an evaluation: per-class IoU keyed by class name, plus run details.
+
+    Args:
+        result: dict returned by `evaluate_dataset`.
+        class_names: C names in class-index order.
+        **extra: further keys to record, e.g. scales, flip, output_stride, checkpoint,
+            global_step.
+
+    Returns:
+        dict, serializable with `json.dump(..., allow_nan=False)`.
+    """
+    if len(class_names) != len(result['per_class_iou']):
+        raise ValueError(
+            f'{len(class_names)} class names but {len(result["per_class_iou"])} IoU values')
+    clashes = sorted(set(extra) & (set(result) | {'per_class_iou'}))
+    if clashes:
+        raise ValueError(f'extra keys would overwrite evaluation results: {clashes}')
+    report = dict(result)
+    report['per_class_iou'] = {
+        name: _none_if_nan(value) for name, value in zip(class_names, result['per_class_iou'])}
+    report.update(extra)
+    return report
+
+
+def write_json_atomic(path, obj):
+    """Writes `obj` as indented JSON under a temporary name in the same folder, then renames it.
+
+    NaN is refused (it is not JSON); use None for undefined values.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix='.json')
+    try:
+        with os.fdopen(fd, 'w') as f:
+            json.dump(obj, f, indent=2, allow_nan=False)
+            f.write('\n')
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+
+
+def _png_name(image_id):
+    """`<image_id>.png`, refusing ids that would escape the predictions folder."""
+    if not image_id or image_id in ('.', '..') or '/' in image_id or os.sep in image_id:
+        raise ValueError(f'image id {image_id!r} is not a plain file name')
+    return f'{image_id}.png'
+
+
+def _none_if_nan(value):
+    """A Python float, or None for None/NaN (undefined scores)."""
+    if value is None or np.isnan(value):
+        return None
+    return float(value)
