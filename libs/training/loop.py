@@ -1,0 +1,216 @@
+"""The one training loop. It runs under the default strategy (train.py), `MirroredStrategy`
+(train_multi_gpu.py) and `ParameterServerStrategy` with a `ClusterCoordinator`
+(train_distributed.py); the scripts only choose the strategy.
+
+Per step (paper, section 4.1): crop, forward at the training output stride, logits upsampled to the
+label, softmax cross-entropy with 255 ignored plus weight decay, momentum SGD with a poly learning
+rate. The loss of a step is normalised by the valid pixels of the whole global batch, so N replicas
+compute exactly the gradient of one device given the whole batch.
+"""
+import dataclasses
+import math
+import os
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+import config as config_lib
+from libs.datasets import input_pipeline, tfrecord
+from libs.evaluation.metrics import confusion_matrix, iou_from_confusion
+from libs.nets.deeplabv3 import DeepLabV3
+from libs.training import checkpoints, summaries
+from libs.training.losses import masked_cross_entropy_sum, weight_decay_loss
+from libs.training.schedules import poly_learning_rate
+
+CHECKPOINT_NAME = 'model'
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    global_step: int
+    checkpoint: Optional[str]
+    loss: Optional[float]
+    val_miou: Optional[float]
+
+
+def build_model(config, num_replicas=1):
+    """The `DeepLabV3` of a config. Batch norm is synchronised only when there is more than one
+    replica to synchronise."""
+    return DeepLabV3(num_classes=config.num_classes, depth=config.num_layers,
+                     output_stride=config.output_stride, multi_grid=config.multi_grid,
+                     freeze_bn=config.freeze_bn, sync_bn=config.sync_bn and num_replicas > 1,
+                     bn_decay=config.bn_decay, seed=config.random_seed)
+
+
+def check_snapshot_dir(config):
+    """Refuses to resume a snapshot dir whose checkpoints belong to another architecture."""
+    path = os.path.join(config.snapshot_dir, config_lib.CONFIG_FILE)
+    if not (os.path.isfile(path) and tf.train.latest_checkpoint(config.snapshot_dir)):
+        return
+    previous = config_lib.load_run_config(config.snapshot_dir)
+    changed = [f'--{name.replace("_", "-")} was {getattr(previous, name)}, now '
+               f'{getattr(config, name)}' for name in config_lib.ARCHITECTURE_FIELDS
+               if getattr(previous, name) != getattr(config, name)]
+    if changed:
+        raise ValueError(f'{config.snapshot_dir} holds checkpoints of another model ('
+                         + '; '.join(changed) + '): use another --snapshot-dir')
+
+
+def _initialise(config, model, manager, log):
+    """Resume the run, or start it from another run's weights or from ImageNet.
+
+    Returns:
+        True when resuming this snapshot dir's own checkpoint.
+    """
+    if manager.latest_checkpoint:
+        manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        log(f'Resuming from {manager.latest_checkpoint} at step '
+            f'{int(manager.checkpoint.step.numpy())}')
+        return True
+    if config.restore_from:
+        prefix, source_step = checkpoints.restore_model_weights(model, config.restore_from)
+        log(f'Starting from the weights of {prefix} (step {source_step} there); the global step '
+            'and optimiser state start fresh')
+    elif config.imagenet:
+        from libs.nets.pretrained import load_slim_backbone
+        log(load_slim_backbone(model.backbone, config.imagenet).summary())
+    return False
+
+
+def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = print):
+    """Trains `config` under `strategy` until the global step reaches `config.num_steps`.
+
+    Args:
+        config: a `config.TrainConfig`.
+        strategy: a `tf.distribute` strategy; the default strategy when None.
+        coordinator: a `ClusterCoordinator` for `ParameterServerStrategy`; steps are then
+            scheduled asynchronously on the workers.
+        log: where progress lines go (only the process running this loop logs).
+    Returns:
+        `TrainResult`.
+    Raises:
+        TrainingDiverged: when the loss is NaN or Inf; the message names the step.
+        ValueError: a batch that does not split over the replicas, a mismatched snapshot dir.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(f'--batch-size {config.batch_size} does not split evenly over '
+                         f'{replicas} replicas')
+    train_files = tfrecord.list_shards(config.data_dir, config.split_name)
+    val_files = (tfrecord.list_shards(config.data_dir, config.val_split)
+                 if config.val_split else None)
+    check_snapshot_dir(config)
+    config_lib.write_config(config, config.snapshot_dir)
+    tf.random.set_seed(config.random_seed)
+
+    with strategy.scope():
+        model = build_model(config, replicas)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step',
+                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        optimizer = tf.compat.v1.train.MomentumOptimizer(
+            learning_rate=lambda: poly_learning_rate(step, config.learning_rate,
+                                                     config.num_steps, config.power),
+            momentum=config.momentum)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+    manager = tf.train.CheckpointManager(checkpoint, config.snapshot_dir, config.max_to_keep,
+                                         checkpoint_name=CHECKPOINT_NAME)
+    _initialise(config, model, manager, log)
+
+    def dataset_fn(input_context):
+        return input_pipeline.train_dataset(
+            train_files, input_context.get_per_replica_batch_size(config.batch_size),
+            crop_size=config.input_size,
+            random_scale=(config.min_scale, config.max_scale) if config.random_scale else None,
+            random_mirror=config.random_mirror, ignore_label=config.ignore_label,
+            seed=config.random_seed, input_context=input_context)
+
+    if coordinator is not None:
+        iterator = iter(coordinator.create_per_worker_dataset(
+            lambda: strategy.distribute_datasets_from_function(dataset_fn)))
+    else:
+        iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+
+    def step_fn(images, labels):
+        replica = tf.distribute.get_replica_context()
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            loss_sum, valid, logits = masked_cross_entropy_sum(logits, labels,
+                                                               config.ignore_label)
+            global_valid = replica.all_reduce(tf.distribute.ReduceOp.SUM, valid)
+            loss = (loss_sum / tf.maximum(global_valid, 1.0)
+                    + weight_decay_loss(model.regularized_variables, config.weight_decay)
+                    / replica.num_replicas_in_sync)
+        variables = model.trainable_variables
+        gradients = tape.gradient(loss, variables)
+        # The v1 optimiser sums gradients over replicas: each already carries its share.
+        optimizer.apply_gradients(zip(gradients, variables), global_step=step)
+        predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        return loss, confusion_matrix(labels, predictions, config.num_classes,
+                                      config.ignore_label)
+
+    @tf.function
+    def train_step(iterator):
+        images, labels = next(iterator)
+        loss, confusion = strategy.run(step_fn, args=(images, labels))
+        return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, confusion, axis=None))
+
+    reporter = summaries.Reporter(config, model, strategy, val_files, train_files, log)
+    start_step = int(step.numpy())
+    if start_step >= config.num_steps:
+        log(f'Already at step {start_step} of {config.num_steps}: nothing to train')
+        return TrainResult(start_step, manager.latest_checkpoint, None, None)
+    log(f'Training {config.split_name} ({len(train_files)} shards) on {replicas} replica(s), '
+        f'steps {start_step} -> {config.num_steps}, global batch {config.batch_size}')
+
+    confusion_sum = np.zeros([config.num_classes] * 2, np.int64)
+    loss_value, val_miou, current = None, None, start_step
+    interval_start, interval_steps, run_start = time.time(), 0, time.time()
+    pending = []
+    while current < config.num_steps:
+        if coordinator is not None:
+            pending.append(coordinator.schedule(train_step, args=(iterator,)))
+            current += 1
+            due = (current % config.log_every == 0 or current % config.save_pred_every == 0
+                   or current == config.num_steps)
+            if not due:
+                continue
+            coordinator.join()
+            results = [r.fetch() for r in pending]
+            pending = []
+        else:
+            results = [train_step(iterator)]
+            current += 1
+        for loss, confusion in results:
+            loss_value = float(loss)
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(
+                    f'loss is {loss_value} at step {current}; stopped without saving. The last '
+                    f'good checkpoint is {manager.latest_checkpoint}')
+            confusion_sum += np.asarray(confusion, np.int64)
+        interval_steps += len(results)
+        current = int(step.numpy())
+        if current % config.log_every == 0 or current == config.num_steps:
+            elapsed = time.time() - interval_start
+            images_per_sec = interval_steps * config.batch_size / max(elapsed, 1e-9)
+            lr = float(poly_learning_rate(current, config.learning_rate, config.num_steps,
+                                          config.power))
+            eta = (config.num_steps - current) * config.batch_size / max(images_per_sec, 1e-9)
+            train_miou = iou_from_confusion(confusion_sum)['miou']
+            reporter.log_progress(current, loss_value, lr, images_per_sec, eta, train_miou)
+            confusion_sum[:] = 0
+            interval_start, interval_steps = time.time(), 0
+        if current % config.save_pred_every == 0 or current >= config.num_steps:
+            manager.save(checkpoint_number=current)
+            val_miou = reporter.checkpoint_saved(current, manager.latest_checkpoint)
+            interval_start = time.time()
+    log(f'Done: step {current} in {time.time() - run_start:.0f} s, checkpoint '
+        f'{manager.latest_checkpoint}')
+    return TrainResult(current, manager.latest_checkpoint, loss_value, val_miou)

@@ -1,0 +1,84 @@
+"""What a training run reports: progress lines on stdout and TensorBoard scalars, and at every
+checkpoint a validation mIoU and a few images (input, ground truth, prediction in VOC colours)."""
+import datetime
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from libs.datasets import input_pipeline
+from libs.evaluation.evaluator import evaluate_dataset
+from libs.evaluation.inference import MultiScalePredictor
+from libs.utils.visualize import colorize
+
+NUM_IMAGES = 3
+
+
+def format_eta(seconds):
+    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+
+
+class Reporter:
+    """Logs from the one process that runs the loop (the chief), so nothing is logged twice.
+
+    Args:
+        config: the run's `TrainConfig`.
+        model: the `DeepLabV3` being trained.
+        strategy: its strategy (images and validation run in its scope, outside replicas).
+        val_files: TFRecord shards of `--val-split`, or None.
+        train_files: the training shards; with no validation split, the images come from these.
+        log: where lines go.
+    """
+
+    def __init__(self, config, model, strategy, val_files, train_files, log):
+        self.config = config
+        self.log = log
+        self.val_files = val_files
+        self.writer = tf.summary.create_file_writer(os.path.join(config.snapshot_dir, 'train'))
+        self.predictor = MultiScalePredictor(model, config.num_classes,
+                                             output_stride=config.output_stride)
+        self.strategy = strategy
+        self.image_files = val_files or train_files
+
+    def log_progress(self, step, loss, lr, images_per_sec, eta_seconds, train_miou):
+        """One progress line and the same values in TensorBoard."""
+        self.log(f'step {step}/{self.config.num_steps}  loss {loss:.4f}  lr {lr:.6f}  '
+                 f'{images_per_sec:.2f} img/s  train mIoU {train_miou:.3f}  '
+                 f'ETA {format_eta(eta_seconds)}')
+        with self.writer.as_default(step=step):
+            tf.summary.scalar('loss', loss)
+            tf.summary.scalar('learning_rate', lr)
+            tf.summary.scalar('images_per_sec', images_per_sec)
+            if np.isfinite(train_miou):
+                tf.summary.scalar('train_miou', train_miou)
+        self.writer.flush()
+
+    def checkpoint_saved(self, step, checkpoint_path):
+        """Validates (if a split was given) and writes images; returns the val mIoU or None."""
+        self.log(f'saved {checkpoint_path}')
+        val_miou = None
+        with self.strategy.scope(), self.writer.as_default(step=step):
+            if self.val_files:
+                result = evaluate_dataset(
+                    self.predictor, input_pipeline.eval_dataset(self.val_files),
+                    self.config.num_classes, self.config.ignore_label, progress=False,
+                    max_images=self.config.val_max_images)
+                val_miou = result['miou']
+                self.log(f'step {step}  val mIoU {val_miou:.4f} over '
+                         f'{result["num_images"]} images ({self.config.val_split})')
+                tf.summary.scalar('val_miou', val_miou)
+            self._write_images()
+        self.writer.flush()
+        return val_miou
+
+    def _write_images(self):
+        rows = []
+        for example in input_pipeline.eval_dataset(self.image_files).take(NUM_IMAGES):
+            prediction = self.predictor.predict(example['image'])
+            image = np.clip(example['image'].numpy() + np.array(input_pipeline.MEAN_RGB),
+                            0, 255).astype(np.uint8)
+            rows.append(np.concatenate(
+                [image, colorize(example['label'].numpy()), colorize(np.asarray(prediction))],
+                axis=1))
+        for i, row in enumerate(rows):
+            tf.summary.image(f'input_truth_prediction/{i}', row[np.newaxis])
