@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from libs.nets.resnet_v1 import UNITS_PER_BLOCK
 
-_VALUE = '/.ATTRIBUTE/VARIABLE_VALUE'
+_VALUE = '/.ATTRIBUTES/VARIABLE_VALUE'
 # Convolutions outside the backbone: four ASPP branches, image pooling, projection, logits.
 _HEAD_CONVS = 7
 _SHORTCUT_CONVS = 4

@@ -2,10 +2,8 @@
 (train_multi_gpu.py) and `ParameterServerStrategy` with a `ClusterCoordinator`
 (train_distributed.py); the scripts only choose the strategy.
 
-Per step (paper, section 4.1): crop, forward at the training output stride, logits upsampled to the
-label, softmax cross-entropy with 255 ignored plus weight decay, momentum SGD with a poly learning
-rate. The loss of a step is normalised by the valid pixels of the whole global batch, so N replicas
-compute exactly the gradient of one device given the whole batch.
+It restores or initialises the model, runs the step of `step.py` until the global step reaches
+`num_steps`, logs, checkpoints and validates.
 """
 import dataclasses
 import math
@@ -18,11 +16,11 @@ import tensorflow as tf
 
 import config as config_lib
 from libs.datasets import input_pipeline, tfrecord
-from libs.evaluation.metrics import confusion_matrix, iou_from_confusion
+from libs.evaluation.metrics import iou_from_confusion
 from libs.nets.deeplabv3 import DeepLabV3
 from libs.training import checkpoints, summaries
-from libs.training.losses import masked_cross_entropy_sum, weight_decay_loss
 from libs.training.schedules import poly_learning_rate
+from libs.training.step import build_optimizer, build_train_step
 
 CHECKPOINT_NAME = 'model'
 
@@ -114,10 +112,7 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
         model = build_model(config, replicas)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step',
                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        optimizer = tf.compat.v1.train.MomentumOptimizer(
-            learning_rate=lambda: poly_learning_rate(step, config.learning_rate,
-                                                     config.num_steps, config.power),
-            momentum=config.momentum)
+        optimizer = build_optimizer(config, step)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
     manager = tf.train.CheckpointManager(checkpoint, config.snapshot_dir, config.max_to_keep,
                                          checkpoint_name=CHECKPOINT_NAME)
@@ -137,30 +132,7 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
     else:
         iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
 
-    def step_fn(images, labels):
-        replica = tf.distribute.get_replica_context()
-        with tf.GradientTape() as tape:
-            logits = model(images, training=True)
-            loss_sum, valid, logits = masked_cross_entropy_sum(logits, labels,
-                                                               config.ignore_label)
-            global_valid = replica.all_reduce(tf.distribute.ReduceOp.SUM, valid)
-            loss = (loss_sum / tf.maximum(global_valid, 1.0)
-                    + weight_decay_loss(model.regularized_variables, config.weight_decay)
-                    / replica.num_replicas_in_sync)
-        variables = model.trainable_variables
-        gradients = tape.gradient(loss, variables)
-        # The v1 optimiser sums gradients over replicas: each already carries its share.
-        optimizer.apply_gradients(zip(gradients, variables), global_step=step)
-        predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        return loss, confusion_matrix(labels, predictions, config.num_classes,
-                                      config.ignore_label)
-
-    @tf.function
-    def train_step(iterator):
-        images, labels = next(iterator)
-        loss, confusion = strategy.run(step_fn, args=(images, labels))
-        return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, confusion, axis=None))
+    train_step = build_train_step(model, optimizer, step, strategy, config)
 
     reporter = summaries.Reporter(config, model, strategy, val_files, train_files, log)
     start_step = int(step.numpy())

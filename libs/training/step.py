@@ -1,0 +1,67 @@
+"""The training step (paper, section 4.1), written once for every strategy.
+
+Forward at the training output stride, logits upsampled to the label, softmax cross-entropy with 255
+ignored plus weight decay, momentum SGD with a poly learning rate. The loss of a step is normalised
+by the valid pixels of the whole global batch, so N replicas compute exactly the gradient of one
+device given the whole batch.
+"""
+import tensorflow as tf
+
+from libs.evaluation.metrics import confusion_matrix
+from libs.training.losses import masked_cross_entropy_sum, weight_decay_loss
+from libs.training.schedules import poly_learning_rate
+
+
+def build_optimizer(config, global_step):
+    """Momentum SGD with the poly learning rate of `global_step`.
+
+    The TF1 optimiser works on `tf.Module` variables under the default, mirrored and
+    parameter-server strategies alike (a Keras 3 optimiser does not under MirroredStrategy).
+    Create it under the strategy's scope.
+    """
+    return tf.compat.v1.train.MomentumOptimizer(
+        learning_rate=lambda: poly_learning_rate(global_step, config.learning_rate,
+                                                 config.num_steps, config.power),
+        momentum=config.momentum)
+
+
+def build_train_step(model, optimizer, global_step, strategy, config):
+    """A `tf.function(iterator) -> (loss, confusion)` that takes one batch and applies one update.
+
+    Args:
+        model: `DeepLabV3`.
+        optimizer: from `build_optimizer`.
+        global_step: int64 variable, incremented once per applied update.
+        strategy: the strategy the model was created under.
+        config: `TrainConfig` (num_classes, ignore_label, weight_decay).
+    Returns:
+        The step function. Its outputs are the global batch's loss (scalar float32, weight decay
+        included) and its confusion matrix (int64 [C, C]) of the training predictions.
+    """
+
+    def step_fn(images, labels):
+        replica = tf.distribute.get_replica_context()
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            loss_sum, valid, logits = masked_cross_entropy_sum(logits, labels,
+                                                               config.ignore_label)
+            global_valid = replica.all_reduce(tf.distribute.ReduceOp.SUM, valid)
+            loss = (loss_sum / tf.maximum(global_valid, 1.0)
+                    + weight_decay_loss(model.regularized_variables, config.weight_decay)
+                    / replica.num_replicas_in_sync)
+        variables = model.trainable_variables
+        gradients = tape.gradient(loss, variables)
+        # The v1 optimiser sums gradients over replicas: each already carries its share.
+        optimizer.apply_gradients(zip(gradients, variables), global_step=global_step)
+        predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        return loss, confusion_matrix(labels, predictions, config.num_classes,
+                                      config.ignore_label)
+
+    @tf.function
+    def train_step(iterator):
+        images, labels = next(iterator)
+        loss, confusion = strategy.run(step_fn, args=(images, labels))
+        return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, confusion, axis=None))
+
+    return train_step
