@@ -5,10 +5,13 @@ Checkpoints are `tf.train.Checkpoint(model=..., optimizer=..., step=...)` writte
 them, then rewrites the `checkpoint` state file atomically, so a process killed at any moment leaves
 the last complete checkpoint as the latest one.
 """
+import dataclasses
 import os
 
 import tensorflow as tf
 
+import config as config_lib
+from libs.nets.deeplabv3 import DeepLabV3
 from libs.nets.resnet_v1 import UNITS_PER_BLOCK
 
 _VALUE = '/.ATTRIBUTES/VARIABLE_VALUE'
@@ -95,3 +98,35 @@ def restore_model_weights(model, path):
     status = tf.train.Checkpoint(model=model).read(prefix)
     status.assert_existing_objects_matched().expect_partial()
     return prefix, found['global_step']
+
+
+def build_model(config, num_replicas=1):
+    """The `DeepLabV3` of a `TrainConfig`. Batch norm is synchronised only when there is more than
+    one replica to synchronise."""
+    return DeepLabV3(num_classes=config.num_classes, depth=config.num_layers,
+                     output_stride=config.output_stride, multi_grid=config.multi_grid,
+                     freeze_bn=config.freeze_bn, sync_bn=config.sync_bn and num_replicas > 1,
+                     bn_decay=config.bn_decay, seed=config.random_seed)
+
+
+def load_trained_model(path, output_stride=None):
+    """The model of a training run, with its weights, for evaluation, prediction and export.
+
+    The architecture comes from the run's `config.json`, so a user never repeats it.
+
+    Args:
+        path: a snapshot dir (its latest checkpoint) or a checkpoint prefix inside one.
+        output_stride: overrides the run's output stride (the weights do not depend on it).
+    Returns:
+        (model, config, checkpoint prefix, global step or None).
+    Raises:
+        FileNotFoundError: no checkpoint or no config.json at `path`.
+        ValueError: the checkpoint does not fit the run's architecture.
+    """
+    prefix = resolve_checkpoint(path)
+    run_config = config_lib.load_run_config(prefix)
+    if output_stride:
+        run_config = dataclasses.replace(run_config, output_stride=output_stride)
+    model = build_model(run_config)
+    prefix, step = restore_model_weights(model, prefix)
+    return model, run_config, prefix, step

@@ -17,7 +17,6 @@ import tensorflow as tf
 import config as config_lib
 from libs.datasets import input_pipeline, tfrecord
 from libs.evaluation.metrics import iou_from_confusion
-from libs.nets.deeplabv3 import DeepLabV3
 from libs.training import checkpoints, summaries
 from libs.training.schedules import poly_learning_rate
 from libs.training.step import build_optimizer, build_train_step
@@ -35,15 +34,6 @@ class TrainResult:
     checkpoint: Optional[str]
     loss: Optional[float]
     val_miou: Optional[float]
-
-
-def build_model(config, num_replicas=1):
-    """The `DeepLabV3` of a config. Batch norm is synchronised only when there is more than one
-    replica to synchronise."""
-    return DeepLabV3(num_classes=config.num_classes, depth=config.num_layers,
-                     output_stride=config.output_stride, multi_grid=config.multi_grid,
-                     freeze_bn=config.freeze_bn, sync_bn=config.sync_bn and num_replicas > 1,
-                     bn_decay=config.bn_decay, seed=config.random_seed)
 
 
 def check_snapshot_dir(config):
@@ -109,7 +99,7 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
     tf.random.set_seed(config.random_seed)
 
     with strategy.scope():
-        model = build_model(config, replicas)
+        model = checkpoints.build_model(config, replicas)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step',
                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         optimizer = build_optimizer(config, step)

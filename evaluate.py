@@ -1,0 +1,46 @@
+"""Evaluate a trained DeepLabV3 on a split: full resolution, optional multi-scale and flip.
+
+    python3 evaluate.py --restore-from runs/stage1 --data-dir data/records --split-name val \
+        --output-stride 8 --scales 0.5,0.75,1.0,1.25,1.5,1.75 --flip --output-json val.json
+
+The architecture is read from the run's config.json.
+"""
+import argparse
+import sys
+
+import config as config_lib
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--restore-from', required=True,
+                   help='snapshot dir (its latest checkpoint) or one checkpoint prefix')
+    p.add_argument('--data-dir', default=config_lib.TrainConfig.data_dir,
+                   help='folder of TFRecord shards')
+    p.add_argument('--split-name', default='val')
+    p.add_argument('--output-stride', type=int, choices=(8, 16, 32), default=None,
+                   help="overrides the run's output stride")
+    p.add_argument('--scales', type=config_lib.parse_float_tuple, default=(1.0,),
+                   help='input scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75')
+    p.add_argument('--flip', action='store_true', help='also average left-right flipped inputs')
+    p.add_argument('--output-json', default=None, help='write the metrics here')
+    p.add_argument('--save-predictions', default=None, metavar='DIR',
+                   help='write one VOC palette PNG per image here')
+    p.add_argument('--max-images', type=int, default=None)
+    args = p.parse_args(argv)
+    from libs.evaluation.run import evaluate_checkpoint
+    try:
+        evaluate_checkpoint(args.restore_from, args.data_dir, args.split_name,
+                            output_stride=args.output_stride, scales=args.scales, flip=args.flip,
+                            output_json=args.output_json,
+                            save_predictions_dir=args.save_predictions,
+                            max_images=args.max_images)
+    except (ValueError, FileNotFoundError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

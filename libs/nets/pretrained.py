@@ -1,0 +1,205 @@
+"""ImageNet initialisation of the backbone from TF-slim's public `resnet_v1` checkpoints.
+
+Paper, section 4: the ResNet backbone starts from ImageNet weights; ASPP and the logits start from
+scratch. The weights are TF-slim's `resnet_v1_50`, `resnet_v1_101` and `resnet_v1_152`, listed in
+the TF-slim model zoo
+(https://github.com/tensorflow/models/tree/master/research/slim#pre-trained-models) as tarballs
+such as http://download.tensorflow.org/models/resnet_v1_101_2016_08_28.tar.gz, which
+unpack to one name-based TF1 checkpoint file (`resnet_v1_101.ckpt`). The user downloads and unpacks
+it and passes its path; this code never fetches anything.
+
+The backbone names its variables exactly like slim (see `layers.py`), so every convolution kernel
+and every batch-norm gamma, beta, moving mean and moving variance is loaded by name. Loading is all
+or nothing: every check runs before the first variable is assigned, and a checkpoint that does not
+fit is refused with a `ValueError` that says why.
+"""
+import dataclasses
+import os
+import re
+
+import tensorflow as tf
+
+LOGITS_REASON = 'the 1000-class ImageNet classifier, not part of DeepLabV3'
+TRAINING_STATE = ('global_step', 'beta1_power', 'beta2_power')
+# Slots that TF1 optimizers and tf.train.ExponentialMovingAverage add under each variable's name.
+SLOT_SUFFIXES = ('Momentum', 'ExponentialMovingAverage', 'Adam', 'Adam_1', 'RMSProp', 'RMSProp_1',
+                 'Adagrad', 'Adadelta', 'Adadelta_1', 'Ftrl', 'Ftrl_1')
+_SCOPE = re.compile(r'resnet_v1_(\d+)$')
+_V2_FILE = re.compile(r'(\.index|\.data-\d{5}-of-\d{5})$')
+_SHOWN = 5  # Names quoted in a refusal.
+
+
+@dataclasses.dataclass(frozen=True)
+class LeftOut:
+    """Checkpoint tensors that were not loaded, and why.
+
+    Attributes:
+        pattern: what the group covers, e.g. `resnet_v1_101/logits/*`.
+        reason: why the group is not loaded.
+        names: the checkpoint names in the group, sorted.
+    """
+    pattern: str
+    reason: str
+    names: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadReport:
+    """What `load_slim_backbone` did.
+
+    Attributes:
+        checkpoint: the checkpoint prefix that was read.
+        scope: the backbone's scope, e.g. `resnet_v1_101`.
+        loaded: how many backbone variables were assigned (all of them).
+        left_out: the groups of checkpoint tensors that were not loaded.
+    """
+    checkpoint: str
+    scope: str
+    loaded: int
+    left_out: tuple
+
+    @property
+    def left_out_names(self):
+        """Every checkpoint name that was not loaded, sorted."""
+        return sorted(name for group in self.left_out for name in group.names)
+
+    def summary(self):
+        """A few lines for the log: what was loaded, what was left out and why."""
+        lines = [f'Loaded {self.loaded} {self.scope} variables (conv weights, batch-norm '
+                 f'gamma/beta/moving statistics) from {self.checkpoint}; ASPP and the logits '
+                 f'are not in the backbone and keep their fresh initialisation.']
+        if self.left_out:
+            lines.append(f'Left out {len(self.left_out_names)} checkpoint tensors:')
+            lines += [f'  {g.pattern} ({len(g.names)}): {g.reason}' for g in self.left_out]
+        return '\n'.join(lines)
+
+
+def load_slim_backbone(backbone, checkpoint_path):
+    """Assigns a TF-slim `resnet_v1_<depth>` ImageNet checkpoint to the backbone, by name.
+
+    Call it eagerly, after building the model (inside `strategy.scope()` or not) and before
+    training; under `MirroredStrategy` every replica's copy is assigned, batch-norm moving
+    statistics included.
+
+    Args:
+        backbone: a `ResNetV1` (`model.backbone`).
+        checkpoint_path: a checkpoint prefix (`.../resnet_v1_101.ckpt`, TF1 V1 or V2 format; a V2
+            `.index` or `.data-*` file name is taken as its prefix) or a directory whose
+            `checkpoint` state file names one.
+    Returns:
+        A `LoadReport`.
+    Raises:
+        ValueError: the path is not a TF checkpoint; the checkpoint is of another depth or holds
+            no `resnet_v1` network; a tensor's shape or dtype differs from the model's; the
+            checkpoint lacks backbone variables or has backbone tensors the model does not. The
+            model is unchanged then.
+        RuntimeError: called inside `tf.function` or `strategy.run`.
+    """
+    if not tf.executing_eagerly() or (tf.distribute.has_strategy()
+                                      and not tf.distribute.in_cross_replica_context()):
+        raise RuntimeError('load_slim_backbone runs eagerly in cross-replica context, '
+                           'not inside tf.function or strategy.run')
+    prefix, reader = _open_checkpoint(checkpoint_path)
+    shapes = reader.get_variable_to_shape_map()
+    dtypes = reader.get_variable_to_dtype_map()
+    scope = f'resnet_v1_{backbone.depth}'
+    _check_scope(prefix, shapes, scope, backbone.depth)
+
+    variables = {}
+    for variable in backbone.variables:
+        name = variable.name.split(':')[0]
+        if name in variables:
+            raise ValueError(f'the backbone has two variables named {name}; names must be unique '
+                             f'to load by name')
+        variables[name] = variable
+
+    groups = {}
+    unknown = []
+    for name in shapes:
+        if name in variables:
+            continue
+        group = _left_out_group(name, scope)
+        if group is None:
+            unknown.append(name)
+        else:
+            groups.setdefault(group, []).append(name)
+
+    missing = sorted(set(variables) - set(shapes))
+    if missing:
+        raise ValueError(f'checkpoint {prefix} lacks {len(missing)} of the model\'s '
+                         f'{len(variables)} {scope} variables: {_first(missing)}')
+    if unknown:
+        raise ValueError(f'checkpoint {prefix} has {len(unknown)} tensors under {scope}/ that '
+                         f'the model does not have (another network layout?): '
+                         f'{_first(sorted(unknown))}')
+    wrong = [f'{name}: checkpoint {list(shapes[name])} {dtypes[name].name}, model '
+             f'{variable.shape.as_list()} {variable.dtype.name}'
+             for name, variable in sorted(variables.items())
+             if list(shapes[name]) != variable.shape.as_list() or dtypes[name] != variable.dtype]
+    if wrong:
+        raise ValueError(f'checkpoint {prefix} does not fit the model in {len(wrong)} tensors: '
+                         + '; '.join(wrong[:_SHOWN]) + ('; ...' if len(wrong) > _SHOWN else ''))
+
+    # Read everything first, so a read error cannot leave the model half loaded.
+    try:
+        values = {name: reader.get_tensor(name) for name in variables}
+    except tf.errors.OpError as error:
+        raise ValueError(f'checkpoint {prefix} could not be read: {error.message}') from None
+    for name, variable in variables.items():
+        variable.assign(values[name])
+
+    left_out = tuple(LeftOut(pattern, reason, tuple(sorted(names)))
+                     for (pattern, reason), names in sorted(groups.items()))
+    return LoadReport(checkpoint=prefix, scope=scope, loaded=len(variables), left_out=left_out)
+
+
+def _open_checkpoint(path):
+    """Returns (prefix, reader) for a checkpoint prefix, a V2 file of one, or a directory."""
+    if os.path.isdir(path):
+        prefix = tf.train.latest_checkpoint(path)
+        if prefix is None:
+            raise ValueError(f'{path} is not a TF checkpoint: a directory without a `checkpoint` '
+                             f'state file that names one')
+    else:
+        prefix = path
+        if _V2_FILE.search(path) and os.path.exists(_V2_FILE.sub('', path) + '.index'):
+            prefix = _V2_FILE.sub('', path)
+    try:
+        return prefix, tf.train.load_checkpoint(prefix)
+    except (tf.errors.OpError, ValueError) as error:
+        detail = getattr(error, 'message', str(error))
+        raise ValueError(f'{path} is not a TF checkpoint ({detail})') from None
+
+
+def _check_scope(prefix, shapes, scope, depth):
+    """Refuses a checkpoint without `scope`, naming the resnet_v1 depths it does hold."""
+    found = sorted({name.split('/')[0] for name in shapes if _SCOPE.match(name.split('/')[0])},
+                   key=lambda s: int(_SCOPE.match(s).group(1)))
+    if scope in found:
+        return
+    if found:
+        raise ValueError(f'checkpoint {prefix} is {", ".join(found)}, model has {depth} layers')
+    tops = sorted({name.split('/')[0] for name in shapes})
+    raise ValueError(f'checkpoint {prefix} holds no resnet_v1_<depth> scope (top-level names: '
+                     f'{_first(tops)}); expected {scope} from the TF-slim model zoo')
+
+
+def _left_out_group(name, scope):
+    """(pattern, reason) for a checkpoint tensor that is not a backbone variable, or None when it
+    sits in the backbone scope without being one of the model's variables."""
+    if name.rsplit('/', 1)[-1] in SLOT_SUFFIXES:
+        return '*/' + name.rsplit('/', 1)[-1], 'optimizer slot or moving-average shadow'
+    if name in TRAINING_STATE:
+        return name, 'training state'
+    if name.startswith(f'{scope}/logits/'):
+        return f'{scope}/logits/*', LOGITS_REASON
+    if name.startswith(f'{scope}/'):
+        return None
+    top = name.split('/')[0]
+    return (f'{top}/*' if '/' in name else top), f'outside {scope}: not part of the backbone'
+
+
+def _first(names):
+    """The first few names, and how many more."""
+    more = f' and {len(names) - _SHOWN} more' if len(names) > _SHOWN else ''
+    return ', '.join(names[:_SHOWN]) + more
