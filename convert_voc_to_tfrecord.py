@@ -1,0 +1,75 @@
+"""Converts one PASCAL VOC 2012 split to sharded TFRecords (the tensorflow/models deeplab schema).
+
+Every image/label pair is validated before anything is written; a bad entry refuses the run
+(exit status 1, every bad entry listed) unless --skip-invalid is given.
+
+    python3 convert_voc_to_tfrecord.py --voc-dir VOCdevkit/VOC2012 --split-name train \\
+        --output-dir data/tfrecords
+    python3 convert_voc_to_tfrecord.py --voc-dir VOCdevkit/VOC2012 --split-name train_aug \\
+        --label-dir VOCdevkit/VOC2012/SegmentationClassAug --output-dir data/tfrecords
+
+train_aug labels come from SBD (http://home.bharathh.info/pubs/codes/SBD/download.html):
+either the commonly distributed PNG conversion `SegmentationClassAug` or SBD's own `cls/*.mat`.
+"""
+import argparse
+import logging
+import os
+import sys
+import time
+
+from libs.datasets import conversion, voc
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--voc-dir', required=True, help='the VOCdevkit/VOC2012 folder')
+    parser.add_argument('--split-name', default='train', choices=sorted(voc.SPLIT_SIZES))
+    parser.add_argument('--output-dir', required=True, help='folder for the shards')
+    parser.add_argument('--label-dir', help='class labels (.png, or SBD cls .mat); default '
+                        '<voc-dir>/SegmentationClass, or <voc-dir>/SegmentationClassAug for '
+                        'train_aug')
+    parser.add_argument('--split-file', help='one id a line; default <voc-dir>/ImageSets/'
+                        'Segmentation/<split>.txt, or the shipped list for train_aug')
+    parser.add_argument('--num-shards', type=int, help='default 4 up to 2000 images, else 10')
+    parser.add_argument('--num-workers', type=int, default=os.cpu_count() or 1,
+                        help='validation/encoding processes (default: all cores)')
+    parser.add_argument('--skip-invalid', action='store_true',
+                        help='write the valid pairs and list the skipped ones, instead of '
+                        'refusing the whole split')
+    parser.add_argument('--num-classes', type=int, default=voc.NUM_CLASSES,
+                        help='labels may hold 0..num-classes-1 and 255')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s: %(message)s')
+    start = time.time()
+    try:
+        result = conversion.convert_split(
+            args.voc_dir, args.split_name, args.output_dir, label_dir=args.label_dir,
+            split_file=args.split_file, num_shards=args.num_shards,
+            num_workers=args.num_workers, skip_invalid=args.skip_invalid,
+            num_classes=args.num_classes)
+    except conversion.ConversionError as e:
+        hint = '\n(--skip-invalid writes the valid pairs only)' if e.problems else ''
+        print(f'error: {e}{hint}', file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f'interrupted; no shard was written to {args.output_dir}', file=sys.stderr)
+        return 130
+    print(f'split {result.split}: {result.num_images} images '
+          f'(VOC 2012 {result.split} has {voc.SPLIT_SIZES[result.split]}), '
+          f'{len(result.shards)} shards written to {result.output_dir}, '
+          f'{len({p.image_id for p in result.skipped})} invalid entries skipped, '
+          f'{len(result.warnings)} warnings, '
+          f'{time.time() - start:.1f} s')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

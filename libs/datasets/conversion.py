@@ -1,0 +1,415 @@
+"""VOC 2012 split (JPEGImages + class labels + split list) -> sharded TFRecords.
+
+Two passes over the split:
+1. validate every (image, label) pair by fully decoding both, in worker processes; any bad
+   entry refuses the whole run before anything is written (or, with `skip_invalid`, is left out);
+2. encode and write the shards under temporary names, renamed only once all are complete, so an
+   error or Ctrl-C never leaves a partial shard set behind.
+
+Labels are read as class indices: palette ('P') and greyscale ('L') PNGs as stored; a label saved
+as RGB colours is mapped back through the VOC palette with a warning, or refused when it holds
+other colours. SBD's `cls/*.mat` files (struct `GTcls.Segmentation`, from
+http://home.bharathh.info/pubs/codes/SBD/download.html) are read when no `.png` of that id exists;
+`SegmentationClassAug` is the commonly distributed PNG conversion of the same labels.
+Records store labels as greyscale PNGs (see `tfrecord`).
+"""
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import functools
+import io
+import itertools
+import logging
+import multiprocessing
+import os
+import re
+import signal
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from libs.datasets import voc
+
+logger = logging.getLogger(__name__)
+
+AUG_LABEL_DIR = 'SegmentationClassAug'
+# PIL modes TensorFlow's decode_image(channels=3) turns into 8-bit RGB.
+_IMAGE_MODES = {'jpeg': ('RGB', 'L'), 'png': ('RGB', 'RGBA', 'L', 'LA', 'P')}
+_MAX_LISTED = 10
+
+
+class EntryError(ValueError):
+    """One image or label file that cannot be used; the message says why."""
+
+
+class ConversionError(ValueError):
+    """The run was refused; nothing was written. `problems` lists every bad entry."""
+
+    def __init__(self, message, problems=()):
+        super().__init__(message)
+        self.problems = list(problems)
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    image_id: str
+    path: str
+    reason: str
+
+    def __str__(self):
+        return f'{self.image_id}: {self.path}: {self.reason}'
+
+
+@dataclasses.dataclass(frozen=True)
+class _Checked:
+    """What validation learnt about one entry."""
+    image_id: str
+    image_path: str
+    label_path: str
+    image_format: str
+    height: int
+    width: int
+    problems: tuple
+    warnings: tuple
+
+
+@dataclasses.dataclass
+class ConversionResult:
+    split: str
+    num_images: int
+    shards: list
+    output_dir: str
+    skipped: list = dataclasses.field(default_factory=list)
+    warnings: list = dataclasses.field(default_factory=list)
+
+
+def default_num_shards(num_images):
+    """4 shards up to 2000 images (deeplab's choice for train and val), 10 beyond (train_aug:
+    ~1060 images, ~100 MB a shard, enough shards to split across input pipelines); never more
+    shards than images."""
+    return max(1, min(4 if num_images <= 2000 else 10, num_images))
+
+
+def default_label_dir(voc_dir, split_name):
+    """`SegmentationClassAug` for train_aug (most of its ids have no VOC label), else
+    `SegmentationClass`."""
+    return os.path.join(voc_dir, AUG_LABEL_DIR if split_name == 'train_aug' else voc.LABEL_DIR)
+
+
+def default_split_file(voc_dir, split_name):
+    """The shipped list for train_aug (VOC does not ship one), else VOC's own list."""
+    if split_name == 'train_aug':
+        return voc.shipped_split_path('train_aug')
+    return os.path.join(voc_dir, voc.SPLIT_DIR, f'{split_name}.txt')
+
+
+def detect_format(data):
+    """'jpeg', 'png' or None, from the leading bytes of an encoded image."""
+    if data.startswith(b'\xff\xd8\xff'):
+        return 'jpeg'
+    if data.startswith(b'\x89PNG\r\n\x1a\n'):
+        return 'png'
+    return None
+
+
+def _decode(data, what):
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()  # decodes everything: a truncated file fails here, not at open
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on bad data
+        raise EntryError(f'cannot decode {what}: {e}') from None
+    return image
+
+
+def _read_image(path):
+    """(format, (width, height)) of a fully decodable JPEG or PNG image file."""
+    with open(path, 'rb') as f:
+        data = f.read()
+    fmt = detect_format(data)
+    if fmt is None:
+        raise EntryError('image is neither JPEG nor PNG (the records store JPEG or PNG bytes)')
+    image = _decode(data, 'image')
+    if image.mode not in _IMAGE_MODES[fmt]:
+        raise EntryError(f'unsupported image mode {image.mode!r} for {fmt}')
+    return fmt, image.size
+
+
+def _colours_to_indices(rgb):
+    """uint8 [H, W, 3] VOC palette colours -> uint8 [H, W] indices; EntryError on others."""
+    packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) \
+        | rgb[..., 2]
+    colours, inverse = np.unique(packed, return_inverse=True)
+    pal = voc.PALETTE.astype(np.uint32)
+    lookup = dict(zip(((pal[:, 0] << 16) | (pal[:, 1] << 8) | pal[:, 2]).tolist(), range(256)))
+    indices = [lookup.get(c) for c in colours.tolist()]
+    foreign = [c for c, i in zip(colours.tolist(), indices) if i is None]
+    if foreign:
+        shown = ', '.join(str((c >> 16, (c >> 8) & 255, c & 255)) for c in foreign[:_MAX_LISTED])
+        more = f' and {len(foreign) - _MAX_LISTED} more' if len(foreign) > _MAX_LISTED else ''
+        raise EntryError(
+            f'label is an RGB image with colours that are not VOC palette colours: {shown}{more}; '
+            'labels must be palette (P) or greyscale (L) PNGs of class indices')
+    return np.asarray(indices, np.uint8)[inverse.reshape(-1)].reshape(rgb.shape[:2])
+
+
+def _read_sbd_mat(path):
+    import scipy.io  # only SBD .mat labels need scipy; keeps worker start-up light
+
+    try:
+        seg = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)['GTcls'].Segmentation
+    except (KeyError, AttributeError):
+        raise EntryError('no GTcls.Segmentation in this .mat (expected an SBD cls/*.mat)') \
+            from None
+    except Exception as e:
+        raise EntryError(f'cannot read .mat label: {e}') from None
+    seg = np.asarray(seg)
+    if seg.ndim != 2 or seg.size == 0 or seg.min() < 0 or seg.max() > 255:
+        raise EntryError(f'GTcls.Segmentation is not a 2-D map of values 0..255 '
+                         f'(shape {seg.shape})')
+    return seg.astype(np.uint8)
+
+
+def read_label(path):
+    """Class indices of a label file: a PNG (P, L, or VOC-palette RGB) or an SBD cls .mat.
+
+    Returns:
+        (uint8 [H, W] indices, a warning string or None).
+
+    Raises:
+        EntryError: the file cannot be decoded or does not hold class indices.
+    """
+    if path.endswith('.mat'):
+        return _read_sbd_mat(path), None
+    with open(path, 'rb') as f:
+        data = f.read()
+    if detect_format(data) != 'png':
+        raise EntryError('label is not a PNG file')
+    image = _decode(data, 'label')
+    if image.mode in ('P', 'L'):
+        return np.array(image), None
+    if image.mode in ('RGB', 'RGBA'):
+        indices = _colours_to_indices(np.asarray(image.convert('RGB')))
+        return indices, (f'{path}: label saved as RGB colours; mapped back to class indices '
+                         'through the VOC palette (save labels as palette PNGs to avoid this)')
+    raise EntryError(f'unsupported label mode {image.mode!r}; expected a palette (P) or '
+                     'greyscale (L) PNG of class indices')
+
+
+def _label_path(label_dir, image_id):
+    """The `.png` label, else SBD's `.mat`, else None."""
+    png = os.path.join(label_dir, f'{image_id}.png')
+    mat = os.path.join(label_dir, f'{image_id}.mat')
+    if os.path.isfile(png):
+        return png
+    return mat if os.path.isfile(mat) else None
+
+
+def _check(entry):
+    """Validates one (image_id, image_path, label_dir, num_classes) entry -> _Checked."""
+    image_id, image_path, label_dir, num_classes = entry
+    problems, warnings = [], []
+    fmt, size = None, None
+    if not os.path.isfile(image_path):
+        problems.append(Problem(image_id, image_path, 'missing image'))
+    else:
+        try:
+            fmt, size = _read_image(image_path)
+        except EntryError as e:
+            problems.append(Problem(image_id, image_path, str(e)))
+    label_path = _label_path(label_dir, image_id)
+    if label_path is None:
+        problems.append(Problem(image_id, os.path.join(label_dir, f'{image_id}.png'),
+                                'missing label'))
+    else:
+        try:
+            label, warning = read_label(label_path)
+        except EntryError as e:
+            problems.append(Problem(image_id, label_path, str(e)))
+        else:
+            if warning:
+                warnings.append(warning)
+            label_size = (label.shape[1], label.shape[0])
+            if size is not None and label_size != size:
+                problems.append(Problem(
+                    image_id, label_path, f'size mismatch: label {label_size[0]}x{label_size[1]}'
+                    f', image {size[0]}x{size[1]} ({image_path})'))
+            values = np.unique(label)
+            bad = values[(values >= num_classes) & (values != voc.IGNORE_LABEL)].tolist()
+            if bad:
+                problems.append(Problem(
+                    image_id, label_path, f'label values outside 0..{num_classes - 1} and '
+                    f'{voc.IGNORE_LABEL}: {bad[:_MAX_LISTED]}'))
+    width, height = size if size is not None else (0, 0)
+    return _Checked(image_id, image_path, label_path, fmt, height, width, tuple(problems),
+                    tuple(warnings))
+
+
+def _encode(checked):
+    """_Checked -> (image bytes, greyscale label PNG bytes), for writing."""
+    with open(checked.image_path, 'rb') as f:
+        image_bytes = f.read()
+    label, _ = read_label(checked.label_path)
+    buffer = io.BytesIO()
+    Image.fromarray(label, 'L').save(buffer, format='PNG')
+    return image_bytes, buffer.getvalue()
+
+
+def _ignore_sigint():
+    # Ctrl-C is handled by the parent, which stops the pool and removes temporaries.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _mapper(num_workers, num_items):
+    """An ordered `map` over worker processes, or the builtin `map` for one worker."""
+    num_workers = min(num_workers, num_items)
+    if num_workers <= 1:
+        yield map
+        return
+    # 'spawn', not 'fork': the parent may have loaded TensorFlow, which is not fork-safe.
+    executor = concurrent.futures.ProcessPoolExecutor(
+        num_workers, mp_context=multiprocessing.get_context('spawn'), initializer=_ignore_sigint)
+    try:
+        yield functools.partial(executor.map,
+                                chunksize=max(1, min(16, num_items // (4 * num_workers))))
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _shard_sizes(num_items, num_shards):
+    """Contiguous shard sizes that differ by at most one (split-list order is kept)."""
+    bounds = [i * num_items // num_shards for i in range(num_shards + 1)]
+    return [b - a for a, b in zip(bounds, bounds[1:])]
+
+
+def _write_shards(valid, output_dir, split_name, num_shards, mapper, progress):
+    # TensorFlow is imported only here so that validation workers need not load it.
+    import tensorflow as tf
+
+    from libs.datasets import tfrecord
+
+    created_dir = not os.path.isdir(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    names = [tfrecord.shard_name(split_name, i, num_shards) for i in range(num_shards)]
+    temps = [os.path.join(output_dir, f'.{name}.tmp-{os.getpid()}') for name in names]
+    try:
+        encoded = mapper(_encode, valid)
+        entries = iter(valid)
+        with tqdm(total=len(valid), desc='writing', unit='img', disable=not progress) as bar:
+            for temp, size in zip(temps, _shard_sizes(len(valid), num_shards)):
+                with tf.io.TFRecordWriter(temp) as writer:
+                    for checked, (image_bytes, label_png) in itertools.islice(
+                            zip(entries, encoded), size):
+                        example = tfrecord.make_example(
+                            image_bytes, checked.image_format, checked.image_id,
+                            checked.height, checked.width, label_png)
+                        writer.write(example.SerializeToString())
+                        bar.update()
+        for temp, name in zip(temps, names):
+            os.replace(temp, os.path.join(output_dir, name))
+    except BaseException:
+        for temp in temps:
+            if os.path.exists(temp):
+                os.remove(temp)
+        if created_dir and not os.listdir(output_dir):
+            os.rmdir(output_dir)
+        raise
+    # A former conversion of this split with another shard count would make the set ambiguous.
+    stale_re = re.compile(re.escape(split_name) + r'-\d{5}-of-\d{5}\.tfrecord$')
+    for name in sorted(os.listdir(output_dir)):
+        if stale_re.match(name) and name not in names:
+            os.remove(os.path.join(output_dir, name))
+            logger.info('removed stale shard %s', os.path.join(output_dir, name))
+    return [os.path.join(output_dir, name) for name in names]
+
+
+def _refusal(split_name, problems, num_entries, label_dir):
+    bad_ids = {p.image_id for p in problems}
+    lines = [f'refusing to convert split {split_name!r}: {len(bad_ids)} of {num_entries} '
+             'entries are invalid; nothing was written']
+    lines += [f'  {p}' for p in problems]
+    missing_labels = {p.image_id for p in problems if p.reason == 'missing label'}
+    if len(missing_labels) == num_entries:
+        lines.append(f'no label of this split is in {label_dir}: is it the right label folder?')
+    return '\n'.join(lines)
+
+
+def _check_train_aug(ids, split_file):
+    """Warnings for a train_aug list that overlaps the val split; logs the counts."""
+    val_ids = set(voc.read_split_ids(voc.shipped_split_path('val')))
+    overlap = [i for i in ids if i in val_ids]
+    logger.info('train_aug list %s: %d ids, %d of them in val', split_file, len(ids), len(overlap))
+    if not overlap:
+        return []
+    return [f'train_aug list {split_file} holds {len(overlap)} ids of the val split '
+            f'(e.g. {", ".join(overlap[:5])}); training on them inflates val mIoU']
+
+
+def convert_split(voc_dir, split_name, output_dir, label_dir=None, split_file=None,
+                  num_shards=None, num_workers=None, skip_invalid=False,
+                  num_classes=voc.NUM_CLASSES, progress=True):
+    """Validates a VOC split and writes it as `{split}-%05d-of-%05d.tfrecord` shards.
+
+    Args:
+        voc_dir: the VOCdevkit/VOC2012 folder (holds JPEGImages/).
+        split_name: train, val, trainval, train_aug (or any name of a split list).
+        output_dir: where the shards go; created only when there is something to write.
+        label_dir: class labels; default `default_label_dir(voc_dir, split_name)`.
+        split_file: one id a line; default `default_split_file(voc_dir, split_name)`.
+        num_shards: default `default_num_shards(number of images)`; at most the image count.
+        num_workers: validation/encoding processes; default os.cpu_count().
+        skip_invalid: leave bad entries out (listed in the result) instead of refusing.
+        num_classes: labels may hold 0..num_classes-1 and 255.
+        progress: show tqdm progress bars on stderr.
+
+    Returns:
+        ConversionResult.
+
+    Raises:
+        FileNotFoundError: the split list or the image or label folder is missing.
+        ConversionError: the split list is empty or has duplicates, some entry is invalid
+            (and not `skip_invalid`), or no entry is valid. Nothing is written.
+    """
+    if num_shards is not None and num_shards < 1:
+        raise ValueError(f'num_shards must be at least 1, got {num_shards}')
+    if not 1 <= num_classes <= voc.IGNORE_LABEL:
+        raise ValueError(f'num_classes must be in 1..{voc.IGNORE_LABEL}, got {num_classes}')
+    label_dir = label_dir or default_label_dir(voc_dir, split_name)
+    split_file = split_file or default_split_file(voc_dir, split_name)
+    image_dir = os.path.join(voc_dir, voc.IMAGE_DIR)
+    ids = voc.read_split_ids(split_file)
+    if not ids:
+        raise ConversionError(f'split list {split_file} is empty')
+    duplicates = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
+    if duplicates:
+        raise ConversionError(f'split list {split_file} lists ids more than once: '
+                              f'{duplicates[:_MAX_LISTED]}')
+    for folder, what in ((image_dir, 'image folder'), (label_dir, 'label folder')):
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f'{what} not found: {folder}')
+    warnings = _check_train_aug(ids, split_file) if split_name == 'train_aug' else []
+
+    num_workers = num_workers or os.cpu_count() or 1
+    entries = [(i, os.path.join(image_dir, f'{i}.jpg'), label_dir, num_classes) for i in ids]
+    with _mapper(num_workers, len(entries)) as mapper:
+        checked = list(tqdm(mapper(_check, entries), total=len(entries), desc='validating',
+                            unit='img', disable=not progress))
+        for c in checked:
+            warnings.extend(c.warnings)
+        for w in warnings:
+            logger.warning('%s', w)
+        problems = [p for c in checked for p in c.problems]
+        if problems and not skip_invalid:
+            raise ConversionError(_refusal(split_name, problems, len(ids), label_dir), problems)
+        valid = [c for c in checked if not c.problems]
+        if problems:
+            logger.warning('skipped %d invalid entries:\n%s', len(ids) - len(valid),
+                           '\n'.join(f'  {p}' for p in problems))
+        if not valid:
+            raise ConversionError(f'no valid entry in split {split_name!r}; nothing was written',
+                                  problems)
+        num_shards = min(num_shards or default_num_shards(len(valid)), len(valid))
+        shards = _write_shards(valid, output_dir, split_name, num_shards, mapper, progress)
+    return ConversionResult(split_name, len(valid), shards, output_dir, problems, warnings)

@@ -1,0 +1,148 @@
+"""The TFRecord Example schema of tensorflow/models research/deeplab (`build_data.py`).
+
+Records written here and records written by that project are interchangeable:
+
+    image/encoded                     the image file's bytes, never re-encoded
+    image/filename                    the image id, e.g. b'2007_000032'
+    image/format                      b'jpeg' or b'png', from the bytes themselves
+    image/height, image/width         int64
+    image/channels                    int64, 3
+    image/segmentation/class/encoded  single-channel PNG of class indices (255 = ignore)
+    image/segmentation/class/format   b'png'
+
+The label PNG must be greyscale (mode 'L'): TensorFlow's PNG decoder expands a palette ('P')
+PNG to its colours, so decoding a palette label in the graph would give colours, not class
+indices. That is why deeplab's own scripts strip the colormap first (`SegmentationClassRaw`).
+"""
+import os
+import re
+
+import tensorflow as tf
+
+FEATURES = {
+    'image/encoded': tf.io.FixedLenFeature((), tf.string),
+    'image/filename': tf.io.FixedLenFeature((), tf.string),
+    'image/format': tf.io.FixedLenFeature((), tf.string),
+    'image/height': tf.io.FixedLenFeature((), tf.int64),
+    'image/width': tf.io.FixedLenFeature((), tf.int64),
+    'image/channels': tf.io.FixedLenFeature((), tf.int64),
+    'image/segmentation/class/encoded': tf.io.FixedLenFeature((), tf.string),
+    'image/segmentation/class/format': tf.io.FixedLenFeature((), tf.string),
+}
+
+IMAGE_FORMATS = ('jpeg', 'png')
+
+_SHARD_RE = re.compile(r'^(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.tfrecord$')
+
+
+def _bytes(value):
+    if isinstance(value, str):
+        value = value.encode()
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int64(value):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def make_example(image_bytes, image_format, image_id, height, width, label_png_bytes):
+    """Builds one record.
+
+    Args:
+        image_bytes: the encoded image file, stored as it is.
+        image_format: 'jpeg' or 'png' (str or bytes), the format of `image_bytes`.
+        image_id: the VOC id (str or bytes), e.g. '2007_000032'.
+        height: image height in pixels.
+        width: image width in pixels.
+        label_png_bytes: a greyscale PNG of class indices, [height, width].
+
+    Returns:
+        A `tf.train.Example`.
+    """
+    fmt = image_format.decode() if isinstance(image_format, bytes) else image_format
+    if fmt not in IMAGE_FORMATS:
+        raise ValueError(f'{image_id}: image format {fmt!r} is not one of {IMAGE_FORMATS}')
+    return tf.train.Example(features=tf.train.Features(feature={
+        'image/encoded': _bytes(image_bytes),
+        'image/filename': _bytes(image_id),
+        'image/format': _bytes(fmt),
+        'image/height': _int64(height),
+        'image/width': _int64(width),
+        'image/channels': _int64(3),
+        'image/segmentation/class/encoded': _bytes(label_png_bytes),
+        'image/segmentation/class/format': _bytes('png'),
+    }))
+
+
+def parse_example(serialized):
+    """Parses and decodes one serialized record; usable inside `tf.data` maps.
+
+    Args:
+        serialized: scalar tf.string.
+
+    Returns:
+        dict with
+            'image': uint8 [H, W, 3],
+            'label': int32 [H, W], class indices with 255 = ignore,
+            'image_id': tf.string scalar,
+            'height', 'width': int32 scalars.
+    """
+    features = tf.io.parse_single_example(serialized, FEATURES)
+    image = tf.io.decode_image(features['image/encoded'], channels=3, expand_animations=False)
+    image = tf.ensure_shape(image, [None, None, 3])
+    label = tf.io.decode_png(features['image/segmentation/class/encoded'], channels=1)
+    label = tf.cast(tf.squeeze(tf.ensure_shape(label, [None, None, 1]), axis=-1), tf.int32)
+    return {
+        'image': image,
+        'label': label,
+        'image_id': features['image/filename'],
+        'height': tf.cast(features['image/height'], tf.int32),
+        'width': tf.cast(features['image/width'], tf.int32),
+    }
+
+
+def shard_name(split, i, n):
+    """File name of shard `i` of `n`, e.g. 'train-00001-of-00004.tfrecord'."""
+    return f'{split}-{i:05d}-of-{n:05d}.tfrecord'
+
+
+def _shards_by_split(data_dir):
+    """{split: [(index, count, file name)]} for every shard file in `data_dir`."""
+    found = {}
+    for name in os.listdir(data_dir):
+        match = _SHARD_RE.match(name)
+        if match:
+            found.setdefault(match['split'], []).append(
+                (int(match['index']), int(match['count']), name))
+    return found
+
+
+def list_shards(data_dir, split):
+    """Sorted paths of the complete shard set `{split}-*-of-*.tfrecord` in `data_dir`.
+
+    Raises:
+        FileNotFoundError: the folder is missing, holds no shard of `split` (the message lists
+            the splits it does hold), or the set is incomplete or mixes shard counts.
+    """
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f'TFRecord folder not found: {data_dir}')
+    found = _shards_by_split(data_dir)
+    shards = found.get(split)
+    if not shards:
+        there = ', '.join(sorted(found)) or 'none'
+        raise FileNotFoundError(
+            f'no TFRecord shards for split {split!r} in {data_dir} '
+            f'(expected {shard_name(split, 0, 4)} and so on; splits there: {there})')
+    counts = sorted({count for _, count, _ in shards})
+    if len(counts) > 1:
+        raise FileNotFoundError(
+            f'shards of split {split!r} in {data_dir} mix shard counts {counts}; '
+            'remove the stale set and convert again')
+    count = counts[0]
+    indices = {index for index, _, _ in shards}
+    missing = sorted(set(range(count)) - indices)
+    if missing or max(indices) >= count:
+        names = ', '.join(shard_name(split, i, count) for i in missing) or 'none'
+        raise FileNotFoundError(f'incomplete or inconsistent shard set for split {split!r} in '
+                                f'{data_dir}: missing {names}')
+    return [os.path.join(data_dir, name) for _, _, name in sorted(shards)]
