@@ -71,6 +71,32 @@ def _initialise(config, model, manager, log):
     return False
 
 
+@tf.function
+def _all_finite(variables):
+    """Whether every value of every float variable is finite: checked before each save, since a
+    step's loss is computed before its update and cannot vouch for the weights it leaves."""
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables
+                          if v.dtype.is_floating])
+
+
+def _crossed(previous, current, every):
+    """Whether a multiple of `every` lies in (previous, current]."""
+    return current // every > previous // every
+
+
+def _next_stop(current, config):
+    """The next step at which the loop logs or checkpoints (or the last step)."""
+    return min((current // config.log_every + 1) * config.log_every,
+               (current // config.save_pred_every + 1) * config.save_pred_every,
+               config.num_steps)
+
+
+def _per_worker_seed(seed):
+    """`seed` plus the microseconds of this worker's clock, an int64 scalar tensor."""
+    micros = tf.cast(tf.timestamp() * 1e6, tf.int64) % (2 ** 31)
+    return tf.constant(seed, tf.int64) + micros
+
+
 def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = print):
     """Trains `config` under `strategy` until the global step reaches `config.num_steps`.
 
@@ -97,6 +123,10 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
     check_snapshot_dir(config)
     config_lib.write_config(config, config.snapshot_dir)
     tf.random.set_seed(config.random_seed)
+    if config.deterministic:
+        # Thread-order rounding in reductions otherwise differs run to run, and from-scratch
+        # training amplifies it within a few steps. This is process-wide and cannot be undone.
+        tf.config.experimental.enable_op_determinism()
 
     with strategy.scope():
         model = checkpoints.build_model(config, replicas)
@@ -108,17 +138,23 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
                                          checkpoint_name=CHECKPOINT_NAME)
     _initialise(config, model, manager, log)
 
-    def dataset_fn(input_context):
+    def dataset_fn(input_context, seed=config.random_seed):
         return input_pipeline.train_dataset(
             train_files, input_context.get_per_replica_batch_size(config.batch_size),
             crop_size=config.input_size,
             random_scale=(config.min_scale, config.max_scale) if config.random_scale else None,
             random_mirror=config.random_mirror, ignore_label=config.ignore_label,
-            seed=config.random_seed, input_context=input_context)
+            seed=seed, input_context=input_context)
 
     if coordinator is not None:
+        # TF 2.21 traces this once on the chief and runs the same graph on every worker, with an
+        # input context of one pipeline: a worker cannot tell its index, so it cannot pick its own
+        # shards. Each worker instead reads every shard in its own order and crops: the seed comes
+        # from the worker's clock when it builds its dataset (and again when a lost worker comes
+        # back).
         iterator = iter(coordinator.create_per_worker_dataset(
-            lambda: strategy.distribute_datasets_from_function(dataset_fn)))
+            lambda: strategy.distribute_datasets_from_function(
+                lambda context: dataset_fn(context, seed=_per_worker_seed(config.random_seed)))))
     else:
         iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
 
@@ -135,31 +171,29 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
     confusion_sum = np.zeros([config.num_classes] * 2, np.int64)
     loss_value, val_miou, current = None, None, start_step
     interval_start, interval_steps, run_start = time.time(), 0, time.time()
-    pending = []
     while current < config.num_steps:
+        previous = current
         if coordinator is not None:
-            pending.append(coordinator.schedule(train_step, args=(iterator,)))
-            current += 1
-            due = (current % config.log_every == 0 or current % config.save_pred_every == 0
-                   or current == config.num_steps)
-            if not due:
-                continue
+            # Schedule what is missing up to the next log or checkpoint, then wait for it.
+            target = _next_stop(current, config)
+            limit = tf.constant(target, tf.int64)
+            pending = [coordinator.schedule(train_step, args=(iterator, limit))
+                       for _ in range(target - current)]
             coordinator.join()
-            results = [r.fetch() for r in pending]
-            pending = []
+            results = [(loss, confusion) for loss, confusion, applied
+                       in (r.fetch() for r in pending) if applied]
         else:
             results = [train_step(iterator)]
-            current += 1
         for loss, confusion in results:
             loss_value = float(loss)
             if not math.isfinite(loss_value):
                 raise TrainingDiverged(
-                    f'loss is {loss_value} at step {current}; stopped without saving. The last '
-                    f'good checkpoint is {manager.latest_checkpoint}')
+                    f'loss is {loss_value} at step {current + 1}; stopped without saving. The '
+                    f'last good checkpoint is {manager.latest_checkpoint}')
             confusion_sum += np.asarray(confusion, np.int64)
-        interval_steps += len(results)
         current = int(step.numpy())
-        if current % config.log_every == 0 or current == config.num_steps:
+        interval_steps += current - previous
+        if _crossed(previous, current, config.log_every) or current >= config.num_steps:
             elapsed = time.time() - interval_start
             images_per_sec = interval_steps * config.batch_size / max(elapsed, 1e-9)
             lr = float(poly_learning_rate(current, config.learning_rate, config.num_steps,
@@ -169,7 +203,11 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
             reporter.log_progress(current, loss_value, lr, images_per_sec, eta, train_miou)
             confusion_sum[:] = 0
             interval_start, interval_steps = time.time(), 0
-        if current % config.save_pred_every == 0 or current >= config.num_steps:
+        if _crossed(previous, current, config.save_pred_every) or current >= config.num_steps:
+            if not _all_finite(model.variables):
+                raise TrainingDiverged(
+                    f'weights became NaN or Inf at step {current}; stopped without saving. The '
+                    f'last good checkpoint is {manager.latest_checkpoint}')
             manager.save(checkpoint_number=current)
             val_miou = reporter.checkpoint_saved(current, manager.latest_checkpoint)
             interval_start = time.time()

@@ -26,7 +26,16 @@ def build_optimizer(config, global_step):
 
 
 def build_train_step(model, optimizer, global_step, strategy, config):
-    """A `tf.function(iterator) -> (loss, confusion)` that takes one batch and applies one update.
+    """A `tf.function(iterator, limit=None) -> (loss, confusion)` that takes one batch and applies
+    one update.
+
+    With `limit` (an int64 scalar tensor) the step runs only while `global_step < limit` and
+    returns `(loss, confusion, applied)`; a skipped step returns a zero loss and confusion and
+    `applied` False. This guards asynchronous training: the coordinator runs a step again when the
+    worker that ran it was lost, even if that worker had applied its update, so the loop passes
+    the step it is aiming for and a repeated step beyond it changes nothing. (The condition
+    wraps `strategy.run`: a synchronisation point such as `apply_gradients` may not sit inside
+    control flow in the replica function.)
 
     Args:
         model: `DeepLabV3`.
@@ -57,11 +66,21 @@ def build_train_step(model, optimizer, global_step, strategy, config):
         return loss, confusion_matrix(labels, predictions, config.num_classes,
                                       config.ignore_label)
 
-    @tf.function
-    def train_step(iterator):
-        images, labels = next(iterator)
+    def run(images, labels):
         loss, confusion = strategy.run(step_fn, args=(images, labels))
         return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
                 strategy.reduce(tf.distribute.ReduceOp.SUM, confusion, axis=None))
+
+    def skip():
+        return (tf.constant(0.0), tf.zeros([config.num_classes] * 2, tf.int64),
+                tf.constant(False))
+
+    @tf.function
+    def train_step(iterator, limit=None):
+        images, labels = next(iterator)
+        if limit is None:
+            return run(images, labels)
+        return tf.cond(global_step < limit, lambda: run(images, labels) + (tf.constant(True),),
+                       skip)
 
     return train_step

@@ -1,0 +1,85 @@
+"""Train DeepLabV3 asynchronously on several servers (ParameterServerStrategy).
+
+Start every ps and worker task, then the chief, all with the same host lists:
+
+    python3 train_distributed.py --job-name ps --task-index 0 $HOSTS
+    python3 train_distributed.py --job-name worker --task-index 0 $HOSTS
+    python3 train_distributed.py --job-name worker --task-index 1 $HOSTS
+    python3 train_distributed.py --job-name chief $HOSTS --data-dir data/records \\
+        --split-name train_aug --snapshot-dir runs/ps
+
+with HOSTS="--ps-hosts h0:2222 --worker-hosts h1:2222,h2:2222 --chief-host h3:2222". A TF_CONFIG
+in the environment is used instead of these flags. ps and worker tasks serve until killed; the
+chief runs the loop and exits when the global step reaches --num-steps. Workers take steps
+independently against the variables on the ps tasks; each step uses --batch-size images. A worker
+may die and be restarted with the same command; re-running the chief resumes from its last
+checkpoint. See docs/distributed.md.
+"""
+import os
+import sys
+
+import config as config_lib
+from libs.training import runner
+
+
+def parse_args(argv=None):
+    parser = config_lib.build_train_parser(__doc__.strip().splitlines()[0])
+    g = parser.add_argument_group('cluster (ignored when TF_CONFIG is set)')
+    g.add_argument('--job-name', choices=('ps', 'worker', 'chief'))
+    g.add_argument('--task-index', type=int, default=0, help="index in the job's host list")
+    g.add_argument('--ps-hosts', help='host:port,... of the ps tasks')
+    g.add_argument('--worker-hosts', help='host:port,... of the worker tasks')
+    g.add_argument('--chief-host', help='host:port of the chief')
+    g.add_argument('--connect-timeout', type=float, default=300.0,
+                   help='seconds the chief waits for every ps and worker to accept connections')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import tensorflow as tf
+    from libs.training import cluster
+    try:
+        if os.environ.get('TF_CONFIG'):
+            tf_config = cluster.tf_config_from_environment(os.environ['TF_CONFIG'])
+            source = 'TF_CONFIG'
+        else:
+            tf_config = cluster.tf_config_from_flags(args.job_name, args.task_index,
+                                                     args.ps_hosts, args.worker_hosts,
+                                                     args.chief_host)
+            source = 'flags'
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    job, index = tf_config['task']['type'], tf_config['task']['index']
+    address = cluster.task_address(tf_config)
+    try:
+        if job in ('ps', 'worker'):
+            server = cluster.start_server(tf_config)
+            print(f'{job} {index} serving at {address} (cluster from {source}); it runs until '
+                  'killed', flush=True)
+            server.join()
+            return 0
+        strategy, coordinator = cluster.connect(tf_config, args.connect_timeout,
+                                                log=lambda line: print(line, flush=True))
+    except cluster.ClusterError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    print(f'chief at {address} (cluster from {source}): {len(tf_config["cluster"]["worker"])} '
+          f'worker(s), {len(tf_config["cluster"]["ps"])} ps task(s)', flush=True)
+    config = config_lib.config_from_args(args)
+    try:
+        status = runner.run_training(config, strategy=strategy, coordinator=coordinator)
+    except tf.errors.UnavailableError as e:
+        # The coordinator re-schedules the steps of lost workers; a lost ps task ends up here.
+        print(f'error: {cluster.describe_lost_task(e, tf_config["cluster"])} '
+              f'({config.snapshot_dir})', file=sys.stderr)
+        status = 3
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The coordinator's threads would keep waiting for lost workers; the run is over.
+    os._exit(status)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
