@@ -52,6 +52,7 @@ class TrainConfig:
     restore_from: Optional[str] = None
     imagenet: Optional[str] = None
     random_seed: int = 1234
+    deterministic: bool = False
     log_every: int = 10
     val_split: Optional[str] = None
     val_max_images: Optional[int] = None
@@ -126,6 +127,9 @@ def build_train_parser(description):
     g.add_argument('--imagenet', default=d.imagenet,
                    help="TF-slim resnet_v1 ImageNet checkpoint for the backbone")
     g.add_argument('--random-seed', type=int, default=d.random_seed)
+    g.add_argument('--deterministic', action='store_true', default=d.deterministic,
+                   help='deterministic TensorFlow ops: the same seed and data give the same '
+                        'weights (slower)')
     g.add_argument('--log-every', type=int, default=d.log_every)
     g.add_argument('--val-split', default=d.val_split,
                    help='split in --data-dir to validate on at every checkpoint')

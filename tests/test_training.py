@@ -1,0 +1,256 @@
+"""The training loop, its step, loss, schedule and checkpoints, on tiny real records."""
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from config import TrainConfig
+from libs.datasets import conversion, sample, voc
+from libs.nets.deeplabv3 import DeepLabV3
+from libs.training import checkpoints
+from libs.training.loop import TrainingDiverged, train
+from libs.training.losses import masked_cross_entropy_sum
+from libs.training.schedules import poly_learning_rate
+from libs.training.step import build_optimizer, build_train_step
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def records(tmp_path_factory):
+    """A tiny sample dataset converted to records: 12 train and 4 val images of 65-81 px."""
+    root = tmp_path_factory.mktemp('data')
+    sample.write_sample_dataset(str(root / 'voc'), num_train=12, num_val=4, size_range=(65, 81),
+                                seed=3)
+    for split in ('train', 'val'):
+        conversion.convert_split(str(root / 'voc'), split, str(root / 'records'), progress=False)
+    return str(root / 'records')
+
+
+@pytest.fixture(scope='module')
+def constant_records(tmp_path_factory):
+    """Records holding one and the same 65x65 image four times: every batch is identical."""
+    root = tmp_path_factory.mktemp('constant')
+    voc_dir = root / 'voc'
+    for sub in ('JPEGImages', 'SegmentationClass', 'ImageSets/Segmentation'):
+        (voc_dir / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, size=(65, 65, 3), dtype=np.uint8)
+    label = np.zeros((65, 65), np.uint8)
+    label[10:40, 20:50] = 15
+    label[5:8, :] = 255
+    ids = [f'2026_{i:06d}' for i in range(4)]
+    for image_id in ids:
+        Image.fromarray(image).save(voc_dir / 'JPEGImages' / f'{image_id}.jpg', quality=95)
+        png = Image.fromarray(label, mode='L')
+        png.save(voc_dir / 'SegmentationClass' / f'{image_id}.png')
+    (voc_dir / 'ImageSets/Segmentation/train.txt').write_text('\n'.join(ids) + '\n')
+    conversion.convert_split(str(voc_dir), 'train', str(root / 'records'), num_shards=1,
+                             progress=False)
+    return str(root / 'records')
+
+
+def tiny_config(data_dir, snapshot_dir, **overrides):
+    values = dict(data_dir=data_dir, split_name='train', num_layers=50, batch_size=2,
+                  input_size=65, num_steps=4, save_pred_every=2, log_every=1,
+                  learning_rate=0.01, snapshot_dir=str(snapshot_dir), random_seed=5,
+                  bn_decay=0.9)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_poly_schedule_matches_formula():
+    for step in (0, 1, 500, 29999, 30000):
+        expected = 0.007 * (1 - step / 30000) ** 0.9
+        assert float(poly_learning_rate(step, 0.007, 30000, 0.9)) == pytest.approx(expected,
+                                                                                   rel=1e-5)
+
+
+def test_loss_ignores_255():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=(1, 9, 9)).astype(np.int32)
+    labels[0, :4] = 255
+    logits = tf.Variable(rng.standard_normal((1, 9, 9, 3)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        loss, valid, _ = masked_cross_entropy_sum(logits, tf.constant(labels), 255)
+    gradient = tape.gradient(loss, logits).numpy()
+    assert float(valid) == 5 * 9
+    assert np.all(gradient[0, :4] == 0)
+    assert np.all(np.abs(gradient[0, 4:]).sum(axis=-1) > 0)
+    # Changing the logits of ignored pixels leaves the loss unchanged.
+    changed = logits.numpy()
+    changed[0, :4] += 100.0
+    loss_changed, _, _ = masked_cross_entropy_sum(tf.constant(changed), tf.constant(labels), 255)
+    assert float(loss_changed) == pytest.approx(float(loss), rel=1e-6)
+
+
+def test_loop_trains_and_loss_falls(constant_records, tmp_path):
+    lines = []
+    config = tiny_config(constant_records, tmp_path / 'run', num_steps=8, save_pred_every=8,
+                         random_scale=False, random_mirror=False, weight_decay=0.0)
+    result = train(config, log=lines.append)
+    losses = [float(line.split('loss ')[1].split()[0]) for line in lines
+              if line.startswith('step ') and ' loss ' in line]
+    assert len(losses) == 8
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert result.global_step == 8
+    assert os.path.isfile(os.path.join(config.snapshot_dir, 'config.json'))
+    assert any('img/s' in line and 'ETA' in line and 'lr ' in line for line in lines)
+    events = os.listdir(os.path.join(config.snapshot_dir, 'train'))
+    assert any(name.startswith('events.out.tfevents') for name in events)
+
+
+def _variables(prefix):
+    reader = tf.train.load_checkpoint(prefix)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name != '_CHECKPOINTABLE_OBJECT_GRAPH'}
+
+
+def test_resume_keeps_step_and_optimizer_state(constant_records, tmp_path):
+    """Resuming a 4-step run from its step-2 checkpoint ends with the same weights as the run that
+    went straight through: the global step (hence the learning rate) and the momentum survive.
+    Every batch is the same image, so the data order cannot explain a difference; deterministic
+    ops rule out thread-order rounding. (Batch 1: two identical images in one batch would give
+    the image-pooling batch norm a variance of pure rounding noise.)"""
+    config = tiny_config(constant_records, tmp_path / 'straight', random_scale=False,
+                         random_mirror=False, num_steps=4, save_pred_every=2, batch_size=1,
+                         deterministic=True)
+    straight = train(config, log=lambda _: None)
+    assert straight.global_step == 4
+    resumed_dir = tmp_path / 'resumed'
+    resumed_dir.mkdir()
+    for name in os.listdir(config.snapshot_dir):
+        if name.startswith('model-2.') or name == 'config.json':
+            shutil.copy(os.path.join(config.snapshot_dir, name), resumed_dir / name)
+    (resumed_dir / 'checkpoint').write_text('model_checkpoint_path: "model-2"\n'
+                                            'all_model_checkpoint_paths: "model-2"\n')
+    lines = []
+    resumed = train(dataclasses.replace(config, snapshot_dir=str(resumed_dir)), log=lines.append)
+    assert any(line.startswith('Resuming from') and 'at step 2' in line for line in lines)
+    assert resumed.global_step == 4
+    a, b = _variables(straight.checkpoint), _variables(resumed.checkpoint)
+    slots = [k for k in a if '.OPTIMIZER_SLOT' in k]
+    assert slots and a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    # Losing the momentum would change the second half's updates by lr * 0.9 * momentum.
+    halfway = _variables(os.path.join(config.snapshot_dir, 'model-2'))
+    momentum = [k for k in slots if k.startswith('model/backbone/conv1/kernel/')]
+    assert len(momentum) == 1 and np.abs(halfway[momentum[0]]).max() > 1e-3
+
+
+def test_sigkill_then_rerun_ends_at_exact_step(records, tmp_path):
+    run = tmp_path / 'killed'
+    command = [sys.executable, os.path.join(ROOT, 'train.py'), '--data-dir', records,
+               '--split-name', 'train', '--num-layers', '50', '--batch-size', '2',
+               '--input-size', '65', '--num-steps', '7', '--save-pred-every', '2',
+               '--log-every', '1', '--snapshot-dir', str(run), '--bn-decay', '0.9']
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=env, cwd=ROOT)
+    try:
+        deadline = time.time() + 240
+        for line in process.stdout:
+            if line.startswith('saved ') or time.time() > deadline:
+                break
+        time.sleep(1.5)  # Somewhere in the next steps, perhaps mid-save.
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    latest = tf.train.latest_checkpoint(str(run))
+    assert latest is not None
+    killed_at = checkpoints.describe_checkpoint(latest)['global_step']
+    assert 2 <= killed_at <= 7
+    rerun = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    if killed_at < 7:
+        assert f'Resuming from {latest} at step {killed_at}' in rerun.stdout
+    final = tf.train.latest_checkpoint(str(run))
+    assert checkpoints.describe_checkpoint(final)['global_step'] == 7
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(constant_records, tmp_path):
+    """Two good steps, then the same run resumed with an absurd learning rate: it stops naming
+    the step, and the latest checkpoint is an earlier one with finite weights."""
+    common = dict(num_steps=2, save_pred_every=1, random_scale=False, random_mirror=False)
+    train(tiny_config(constant_records, tmp_path / 'nan', **common), log=lambda _: None)
+    config = tiny_config(constant_records, tmp_path / 'nan', **dict(
+        common, num_steps=8, learning_rate=1e12))
+    with pytest.raises(TrainingDiverged, match=r'at step (\d+)') as error:
+        train(config, log=lambda _: None)
+    step = int(str(error.value).split('at step ')[1].split(';')[0].split()[0])
+    assert 3 <= step <= 8
+    latest = tf.train.latest_checkpoint(config.snapshot_dir)
+    assert latest in str(error.value)
+    assert 2 <= checkpoints.describe_checkpoint(latest)['global_step'] < step
+    values = _variables(latest)
+    assert all(np.all(np.isfinite(v)) for v in values.values() if v.dtype.kind == 'f')
+
+
+def test_restore_from_another_run_across_output_strides(constant_records, tmp_path):
+    source = train(tiny_config(constant_records, tmp_path / 'os16', num_steps=2,
+                               random_scale=False), log=lambda _: None)
+    lines = []
+    config = tiny_config(constant_records, tmp_path / 'os8', num_steps=1, output_stride=8,
+                         restore_from=str(tmp_path / 'os16'), learning_rate=0.0,
+                         weight_decay=0.0, random_scale=False)
+    result = train(config, log=lines.append)
+    assert any('Starting from the weights of' in line and 'start fresh' in line for line in lines)
+    assert result.global_step == 1  # The source's step 2 was left behind.
+    before, after = _variables(source.checkpoint), _variables(result.checkpoint)
+    conv = 'model/backbone/blocks/2/0/conv2/kernel/.ATTRIBUTES/VARIABLE_VALUE'
+    np.testing.assert_array_equal(before[conv], after[conv])  # lr 0: weights carried over.
+
+
+def test_restore_of_another_depth_is_refused_with_reason(constant_records, tmp_path):
+    train(tiny_config(constant_records, tmp_path / 'r50', num_steps=1, save_pred_every=1),
+          log=lambda _: None)
+    model = DeepLabV3(num_classes=21, depth=101)
+    with pytest.raises(ValueError, match='depth: checkpoint has 50 layers, model has 101'):
+        checkpoints.restore_model_weights(model, str(tmp_path / 'r50'))
+    model = DeepLabV3(num_classes=5, depth=50)
+    with pytest.raises(ValueError, match='classes: checkpoint has 21, model has 5'):
+        checkpoints.restore_model_weights(model, str(tmp_path / 'r50'))
+    # Resuming a snapshot dir with another architecture is refused before anything is written.
+    with pytest.raises(ValueError, match='--num-layers was 50, now 101'):
+        train(tiny_config(constant_records, tmp_path / 'r50', num_layers=101),
+              log=lambda _: None)
+
+
+@pytest.mark.parametrize('freeze_bn', [True, False])
+def test_train_step_batch_norm_modes(freeze_bn, constant_records):
+    """Frozen: moving statistics and gamma/beta unchanged by a step. Fine-tuned: statistics move."""
+    config = tiny_config(constant_records, '/unused', freeze_bn=freeze_bn)
+    strategy = tf.distribute.get_strategy()
+    model = checkpoints.build_model(config)
+    step = tf.Variable(0, dtype=tf.int64)
+    optimizer = build_optimizer(config, step)
+    images = tf.random.stateless_normal([2, 65, 65, 3], seed=[0, 1]) * 50
+    labels = tf.zeros([2, 65, 65], tf.int32)
+    iterator = iter(tf.data.Dataset.from_tensors((images, labels)).repeat())
+    bn = {v.name: v.numpy().copy() for v in model.variables if '/BatchNorm/' in v.name}
+    kernel = model.backbone.conv1.kernel.numpy().copy()
+    build_train_step(model, optimizer, step, strategy, config)(iterator)
+    assert int(step.numpy()) == 1
+    assert np.abs(model.backbone.conv1.kernel.numpy() - kernel).max() > 0
+    after = {v.name: v.numpy() for v in model.variables if '/BatchNorm/' in v.name}
+    moving = 'resnet_v1_50/conv1/BatchNorm/moving_mean:0'
+    gamma = 'resnet_v1_50/conv1/BatchNorm/gamma:0'
+    if freeze_bn:
+        for name in bn:
+            np.testing.assert_array_equal(bn[name], after[name], err_msg=name)
+    else:
+        assert np.abs(after[moving] - bn[moving]).max() > 1e-3
+        assert np.abs(after[gamma] - bn[gamma]).max() > 0
