@@ -23,3 +23,23 @@ test: $(STAMP)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
+
+# The whole loop on the embedded sample dataset (or on real VOC with DATA=.../VOC2012):
+# write the data, convert it, train, evaluate with multi-scale + flip.
+DEMO_VOC := $(if $(DATA),$(DATA),$(DEMO_DIR)/sample_voc)
+DEMO_TRAIN_FLAGS ?= --num-layers 50 --output-stride 16 --batch-size 8 --input-size 97 \
+	--num-steps 400 --learning-rate 0.02 --bn-decay 0.99 --log-every 25 --save-pred-every 200
+
+demo: $(STAMP)
+	@start=$$(date +%s); \
+	if [ -z "$(DATA)" ]; then $(PY) make_sample_dataset.py --output-dir $(DEMO_VOC); fi && \
+	for split in train val; do \
+	  $(PY) convert_voc_to_tfrecord.py --voc-dir $(DEMO_VOC) --split-name $$split \
+	    --output-dir $(DEMO_DIR)/records || exit 1; \
+	done && \
+	$(PY) train.py --data-dir $(DEMO_DIR)/records --split-name train \
+	  --snapshot-dir $(DEMO_DIR)/train $(DEMO_TRAIN_FLAGS) && \
+	$(PY) evaluate.py --restore-from $(DEMO_DIR)/train --data-dir $(DEMO_DIR)/records \
+	  --split-name val --scales 0.5,0.75,1.0,1.25,1.5,1.75 --flip \
+	  --output-json $(DEMO_DIR)/metrics.json --save-predictions $(DEMO_DIR)/predictions && \
+	echo "demo finished in $$(( $$(date +%s) - start )) s; metrics in $(DEMO_DIR)/metrics.json"

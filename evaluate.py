@@ -1,7 +1,8 @@
 """Evaluate a trained DeepLabV3 on a split: full resolution, optional multi-scale and flip.
 
     python3 evaluate.py --restore-from runs/stage1 --data-dir data/records --split-name val \
-        --output-stride 8 --scales 0.5,0.75,1.0,1.25,1.5,1.75 --flip --output-json val.json
+        --output-stride 8 --scales 0.5,0.75,1.0,1.25,1.5,1.75 --flip --output-json val.json \
+        --report val_report
 
 The architecture is read from the run's config.json.
 """
@@ -28,6 +29,9 @@ def main(argv=None):
     p.add_argument('--save-predictions', default=None, metavar='DIR',
                    help='write one VOC palette PNG per image here')
     p.add_argument('--max-images', type=int, default=None)
+    p.add_argument('--report', default=None, metavar='DIR',
+                   help='write an HTML report here: confusion matrix, per-class IoU, worst and '
+                   'best images')
     args = p.parse_args(argv)
     from libs.evaluation.run import evaluate_checkpoint
     try:
@@ -35,7 +39,7 @@ def main(argv=None):
                             output_stride=args.output_stride, scales=args.scales, flip=args.flip,
                             output_json=args.output_json,
                             save_predictions_dir=args.save_predictions,
-                            max_images=args.max_images)
+                            max_images=args.max_images, report_dir=args.report)
     except (ValueError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

@@ -17,7 +17,7 @@ from libs.utils import visualize
 
 
 def evaluate_dataset(predictor, dataset, num_classes, ignore_label=255, save_predictions_dir=None,
-                     progress=True, max_images=None):
+                     progress=True, max_images=None, on_prediction=None):
     """Predicts every image of `dataset` and scores the predictions against the labels.
 
     Args:
@@ -31,6 +31,9 @@ def evaluate_dataset(predictor, dataset, num_classes, ignore_label=255, save_pre
             `<image_id>.png` (the folder is created).
         progress: show a progress bar on stderr.
         max_images: evaluate only the first `max_images` images.
+        on_prediction: if given, called after each image as `on_prediction(image_id, image,
+            label, prediction)` with the id (str) and NumPy arrays (image float32 [H, W, 3]
+            normalized, label and prediction int [H, W]), e.g. to score images one by one.
 
     Returns:
         dict with `miou` (float, None if no pixel was scored), `per_class_iou` (list of C floats,
@@ -61,6 +64,8 @@ def evaluate_dataset(predictor, dataset, num_classes, ignore_label=255, save_pre
         if save_predictions_dir is not None:
             visualize.save_palette_png(
                 os.path.join(save_predictions_dir, _png_name(image_id)), prediction.numpy())
+        if on_prediction is not None:
+            on_prediction(image_id, example['image'].numpy(), label.numpy(), prediction.numpy())
         num_images += 1
     if num_images == 0:
         raise ValueError('the dataset yielded no images to evaluate')

@@ -1,16 +1,16 @@
 """Evaluating a training run's checkpoint on a split: what evaluate.py does, callable from code."""
-import tensorflow as tf
 
-from libs.datasets import input_pipeline, tfrecord, voc
-from libs.evaluation import metrics
+from libs.datasets import input_pipeline, tfrecord
+from libs.evaluation import metrics, report as report_lib
 from libs.evaluation.evaluator import evaluate_dataset, result_to_json_dict, write_json_atomic
 from libs.evaluation.inference import MultiScalePredictor
+from libs.evaluation.prediction import class_names_for
 from libs.training.checkpoints import load_trained_model
 
 
 def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=None,
                         scales=(1.0,), flip=False, output_json=None, save_predictions_dir=None,
-                        max_images=None, progress=True, log=print):
+                        max_images=None, progress=True, log=print, report_dir=None):
     """Evaluates a run's checkpoint at full resolution and reports per-class IoU and mIoU.
 
     Args:
@@ -23,21 +23,24 @@ def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=
         save_predictions_dir: where to write one palette PNG per image, or None.
         max_images: evaluate only the first N images.
         log: where the table goes.
+        report_dir: where to write an HTML report (confusion matrix, per-class IoU, worst and
+            best images; see `report.write_report`), or None.
     Returns:
         The JSON report as a dict.
     """
     files = tfrecord.list_shards(data_dir, split_name)
     model, run_config, prefix, step = load_trained_model(restore_from, output_stride)
-    class_names = (voc.CLASS_NAMES if run_config.num_classes == voc.NUM_CLASSES
-                   else tuple(f'class_{i}' for i in range(run_config.num_classes)))
+    class_names = class_names_for(run_config.num_classes)
     log(f'Evaluating {prefix} (step {step}) on {split_name}: output stride '
         f'{run_config.output_stride}, scales {list(scales)}, flip {flip}')
     predictor = MultiScalePredictor(model, run_config.num_classes, run_config.output_stride,
                                     scales=scales, flip=flip)
+    image_scores = (report_lib.ImageScores(run_config.num_classes, run_config.ignore_label)
+                    if report_dir else None)
     result = evaluate_dataset(predictor, input_pipeline.eval_dataset(files),
                               run_config.num_classes, run_config.ignore_label,
                               save_predictions_dir=save_predictions_dir, progress=progress,
-                              max_images=max_images)
+                              max_images=max_images, on_prediction=image_scores)
     report = result_to_json_dict(result, class_names, scales=list(scales), flip=flip,
                                  output_stride=run_config.output_stride, checkpoint=prefix,
                                  global_step=step, split=split_name)
@@ -46,4 +49,8 @@ def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=
          'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy']}, class_names))
     if output_json:
         write_json_atomic(output_json, report)
+    if report_dir:
+        index = report_lib.write_report(report_dir, report, class_names, image_scores,
+                                        title=f'DeepLabV3 on {split_name}')
+        log(f'Report: {index}')
     return report

@@ -1,0 +1,111 @@
+"""Predicting image files: what predict.py does, callable from code.
+
+Each input `<stem>.<ext>` gives `<stem>.png`, the class indices as a VOC palette PNG at the
+input's own (upright) size, and optionally `<stem>_overlay.jpg`, the photo tinted with the mask
+and a legend of the classes found.
+"""
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
+
+from libs.datasets import input_pipeline, voc
+from libs.utils import image_io, visualize
+
+OVERLAY_SUFFIX = '_overlay.jpg'
+
+
+def class_names_for(num_classes):
+    """The VOC names for a 21-class model, else `class_0`, `class_1`, ..."""
+    if num_classes == voc.NUM_CLASSES:
+        return voc.CLASS_NAMES
+    return tuple(f'class_{i}' for i in range(num_classes))
+
+
+def overlay_with_legend(image, label, class_names, alpha=0.5):
+    """The photo tinted with the class colours, and a legend of the classes present on its right.
+
+    Background (index 0) is left untinted and not listed.
+
+    Args:
+        image: uint8 array [H, W, 3].
+        label: integer array [H, W] of class indices.
+        class_names: names by class index.
+        alpha: weight of the colour mask.
+
+    Returns:
+        uint8 array [max(H, legend height), W + legend width, 3]; the photo at the top left,
+        white elsewhere.
+    """
+    tinted = visualize.overlay(image, label, alpha=alpha)
+    present = [int(c) for c in np.unique(label) if c != 0]
+    entries = [(tuple(int(v) for v in voc.PALETTE[c]),
+                class_names[c] if c < len(class_names) else f'class_{c}') for c in present]
+    height, width = tinted.shape[:2]
+    # Legible next to the photo at any size: a 500-pixel VOC photo gets 20-pixel text.
+    font_size = int(np.clip(round(min(height, width) / 25), 12, 32))
+    font = ImageFont.load_default(size=font_size)
+    pad = font_size // 2
+    swatch = font_size
+    rows = entries or [(None, 'no object found')]
+    text_width = max(font.getbbox(name)[2] for _, name in rows)
+    legend_width = pad + swatch + pad + text_width + pad
+    row_height = swatch + pad
+    canvas = Image.new('RGB', (width + legend_width, max(height, pad + row_height * len(rows))),
+                       'white')
+    canvas.paste(Image.fromarray(tinted), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for k, (colour, name) in enumerate(rows):
+        top = pad + k * row_height
+        if colour is not None:
+            draw.rectangle([width + pad, top, width + pad + swatch - 1, top + swatch - 1],
+                           fill=colour, outline='black')
+        draw.text((width + 2 * pad + swatch, top + swatch // 2), name, fill='black', font=font,
+                  anchor='lm')
+    return np.asarray(canvas)
+
+
+def predict_files(predictor, paths, output_dir, class_names, overlay=False, progress=True,
+                  log=None):
+    """Predicts image files one by one; an unreadable file is reported and skipped.
+
+    Args:
+        predictor: has `predict(image)`, float32 normalized [H, W, 3] -> int [H, W], e.g. a
+            `MultiScalePredictor`.
+        paths: image files (see `image_io.list_images`); their stems must differ.
+        output_dir: where `<stem>.png` (and `<stem>_overlay.jpg`) go; created if needed.
+        class_names: names by class index, for the overlay legend.
+        overlay: also write the overlays.
+        progress: show a progress bar on stderr (only for more than one file).
+        log: called with one line per failed file; default: printed to stderr (above the bar).
+
+    Returns:
+        List of (path, reason) of the files that were skipped; empty when all were written.
+    """
+    log = log or (lambda line: tqdm.write(line, file=sys.stderr))
+    os.makedirs(output_dir, exist_ok=True)
+    failures = []
+    for path in tqdm(paths, file=sys.stderr, disable=not progress or len(paths) < 2,
+                     desc='predict', unit='img'):
+        try:
+            image = image_io.read_rgb(path)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            # Pillow signals a broken file with OSError, or SyntaxError for some broken headers.
+            failures.append((path, f'cannot read image: {e}'))
+            log(f'skipped {path}: cannot read image: {e}')
+            continue
+        try:
+            prediction = predictor.predict(input_pipeline.normalize(image)).numpy()
+        except tf.errors.OpError as e:  # e.g. out of memory for a huge photo
+            failures.append((path, f'prediction failed: {e.message}'))
+            log(f'skipped {path}: prediction failed: {e.message}')
+            continue
+        stem = image_io.output_stem(path)
+        visualize.save_palette_png(os.path.join(output_dir, stem + '.png'), prediction)
+        if overlay:
+            image_io.save_image_atomic(os.path.join(output_dir, stem + OVERLAY_SUFFIX),
+                                       overlay_with_legend(image, prediction, class_names))
+    return failures

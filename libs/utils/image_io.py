@@ -1,0 +1,130 @@
+"""Reading user photos for prediction, and writing RGB images atomically.
+
+Photos come from anywhere: JPEG or PNG, greyscale, CMYK, palette, with an alpha channel, or taken
+with the camera turned (EXIF orientation). Each is read as the upright RGB image a viewer shows.
+"""
+import contextlib
+import glob
+import os
+import tempfile
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Extensions picked up from a folder (lower case). A named file is read whatever its extension.
+IMAGE_EXTENSIONS = ('.bmp', '.gif', '.jpeg', '.jpg', '.png', '.tif', '.tiff', '.webp')
+
+
+def list_images(spec):
+    """The image files that a `--input` names: one file, a folder, or a glob pattern.
+
+    Args:
+        spec: a file (read whatever its extension), a folder (its files with an extension in
+            `IMAGE_EXTENSIONS`, not recursive) or a glob pattern (every file it matches).
+
+    Returns:
+        Sorted list of paths (a single file: that file).
+
+    Raises:
+        FileNotFoundError: nothing matches `spec`.
+        ValueError: two inputs share a file stem, so their outputs `<stem>.png` would collide.
+    """
+    if os.path.isfile(spec):
+        paths = [spec]
+    elif os.path.isdir(spec):
+        paths = sorted(os.path.join(spec, name) for name in os.listdir(spec)
+                       if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+                       and os.path.isfile(os.path.join(spec, name)))
+        if not paths:
+            raise FileNotFoundError(
+                f'folder {spec} holds no image ({", ".join(IMAGE_EXTENSIONS)})')
+    else:
+        paths = sorted(p for p in glob.glob(spec) if os.path.isfile(p))
+        if not paths:
+            raise FileNotFoundError(f'{spec} is not a file or folder, and matches no file')
+    by_stem = {}
+    for path in paths:
+        by_stem.setdefault(output_stem(path), []).append(path)
+    clashes = [names for names in by_stem.values() if len(names) > 1]
+    if clashes:
+        raise ValueError('inputs would write the same output file: ' + '; '.join(
+            ' and '.join(names) for names in clashes[:5]))
+    return paths
+
+
+def output_stem(path):
+    """The file name of `path` without its extension: outputs are `<stem>.png` and so on."""
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def read_rgb(path):
+    """Reads an image file as upright RGB.
+
+    The EXIF orientation tag is applied (a portrait photo stored landscape comes out portrait),
+    then any mode (greyscale, CMYK, palette, 16-bit, alpha) is converted to RGB; alpha is dropped.
+
+    Args:
+        path: an image file in any format Pillow reads.
+
+    Returns:
+        uint8 array [H, W, 3].
+
+    Raises:
+        OSError: the file is missing, truncated or not an image (`PIL.UnidentifiedImageError`
+            is an `OSError`).
+    """
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
+            # 16-bit greyscale: PIL's convert('RGB') would clip at 255 instead of scaling.
+            values = np.asarray(image, dtype=np.float64)
+            grey = np.round(np.clip(values / 65535.0, 0.0, 1.0) * 255.0).astype(np.uint8)
+            return np.repeat(grey[..., None], 3, axis=2)
+        return np.array(image.convert('RGB'), dtype=np.uint8)
+
+
+@contextlib.contextmanager
+def atomic_output(path, mode='wb'):
+    """Opens a temporary file beside `path` for writing and renames it to `path` on success.
+
+    A reader never sees half a file, even if the writer is killed; on an exception the temporary
+    file is removed and `path` is left as it was.
+
+    Args:
+        path: destination; its folder must exist.
+        mode: 'wb' or 'w' (UTF-8 text).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix='.tmp-',
+                                    suffix=os.path.splitext(path)[1])
+    try:
+        with os.fdopen(fd, mode, **({} if 'b' in mode else {'encoding': 'utf-8'})) as f:
+            yield f
+        # mkstemp creates the file private (0600); give it the permissions `open` would.
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp_path, 0o666 & ~mask)
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+
+
+def save_image_atomic(path, image, quality=90):
+    """Writes an RGB image (JPEG or PNG, from the extension) atomically (`atomic_output`).
+
+    Args:
+        path: destination; its folder must exist.
+        image: uint8 array [H, W, 3], or a PIL image.
+        quality: JPEG quality.
+    """
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    extension = os.path.splitext(path)[1].lower()
+    image_format = {'.jpg': 'JPEG', '.jpeg': 'JPEG', '.png': 'PNG'}.get(extension)
+    if image_format is None:
+        raise ValueError(f'{path}: expected a .jpg, .jpeg or .png name')
+    options = {'quality': quality} if image_format == 'JPEG' else {}
+    with atomic_output(path) as f:
+        image.save(f, format=image_format, **options)

@@ -1,0 +1,63 @@
+"""Predict class maps of images with a trained DeepLabV3.
+
+    python3 predict.py --restore-from runs/stage1 --input photos/ --output-dir predictions \
+        --overlay
+
+For each input `<stem>.<ext>` writes `<stem>.png` (class indices as a VOC palette PNG, at the
+input's own size) and with --overlay `<stem>_overlay.jpg` (the photo tinted with the classes found,
+with a legend). --input is one file, a folder (not recursive) or a quoted glob pattern. EXIF
+orientation is applied, so outputs are upright, as image viewers show the photo. The architecture is
+read from the run's config.json. An unreadable file is reported and skipped; the exit status is
+then 1.
+"""
+import argparse
+import sys
+
+import config as config_lib
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--restore-from', required=True,
+                   help='snapshot dir (its latest checkpoint) or one checkpoint prefix')
+    p.add_argument('--input', required=True, help='an image file, a folder, or a glob pattern')
+    p.add_argument('--output-dir', required=True, help='where the PNGs (and overlays) go')
+    p.add_argument('--output-stride', type=int, choices=(8, 16, 32), default=None,
+                   help="overrides the run's output stride")
+    p.add_argument('--scales', type=config_lib.parse_float_tuple, default=(1.0,),
+                   help='input scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75')
+    p.add_argument('--flip', action='store_true', help='also average left-right flipped inputs')
+    p.add_argument('--overlay', action='store_true',
+                   help='also write <stem>_overlay.jpg: the photo tinted, with a legend')
+    args = p.parse_args(argv)
+    from libs.evaluation import prediction
+    from libs.evaluation.inference import MultiScalePredictor
+    from libs.training.checkpoints import load_trained_model
+    from libs.utils import image_io
+    try:
+        paths = image_io.list_images(args.input)
+        model, run_config, prefix, step = load_trained_model(args.restore_from,
+                                                             args.output_stride)
+        predictor = MultiScalePredictor(model, run_config.num_classes, run_config.output_stride,
+                                        scales=args.scales, flip=args.flip)
+    except (ValueError, FileNotFoundError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    print(f'Predicting {len(paths)} image(s) with {prefix} (step {step}): output stride '
+          f'{run_config.output_stride}, scales {list(args.scales)}, flip {args.flip}',
+          file=sys.stderr)
+    failures = prediction.predict_files(
+        predictor, paths, args.output_dir, prediction.class_names_for(run_config.num_classes),
+        overlay=args.overlay)
+    written = len(paths) - len(failures)
+    print(f'Wrote {written} prediction(s) to {args.output_dir}', file=sys.stderr)
+    if failures:
+        print(f'error: {len(failures)} of {len(paths)} image(s) could not be predicted:\n'
+              + '\n'.join(f'  {path}: {reason}' for path, reason in failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
