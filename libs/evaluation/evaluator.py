@@ -6,7 +6,6 @@ DESIGN.md, "VOC conventions": images are predicted at full resolution, the label
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -14,6 +13,7 @@ from tqdm import tqdm
 
 from libs.evaluation import metrics
 from libs.utils import visualize
+from libs.utils.image_io import atomic_output
 
 
 def evaluate_dataset(predictor, dataset, num_classes, ignore_label=255, save_predictions_dir=None,
@@ -109,19 +109,9 @@ def write_json_atomic(path, obj):
 
     NaN is refused (it is not JSON); use None for undefined values.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix='.json')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(obj, f, indent=2, allow_nan=False)
-            f.write('\n')
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    with atomic_output(path, 'w') as f:
+        json.dump(obj, f, indent=2, allow_nan=False)
+        f.write('\n')
 
 
 def _png_name(image_id):

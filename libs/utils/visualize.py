@@ -3,13 +3,12 @@
 Label PNGs stay palette-indexed (DESIGN.md, "VOC conventions"): pixels are class indices, the
 palette only paints them. They are read as indices and never converted to RGB.
 """
-import os
-import tempfile
 
 import numpy as np
 from PIL import Image
 
 from libs.datasets import voc
+from libs.utils.image_io import atomic_output
 
 
 def colorize(label):
@@ -68,16 +67,8 @@ def save_palette_png(path, label):
     # An 'L' image given a palette becomes 'P' with the same bytes as indices.
     image = Image.fromarray(label.astype(np.uint8))
     image.putpalette(voc.palette_flat())
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix='.png')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            image.save(f, format='PNG')
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    with atomic_output(path) as f:
+        image.save(f, format='PNG')
 
 
 def read_label_png(path):
