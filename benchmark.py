@@ -1,0 +1,360 @@
+"""Speed of the project's real code paths on this machine, with random weights.
+
+    python3 benchmark.py --mode inference --num-layers 101 --output-stride 16 --input-size 513
+    python3 benchmark.py --mode train --num-layers 50 --input-size 321 --batch-size 2
+    python3 benchmark.py --mode input --input-size 321 --batch-size 2 --steps 50
+    python3 benchmark.py --mode convert --num-images 200 --steps 3
+
+Modes (a step's time is the median over `--steps` steps, after `--warmup` steps that include
+tracing; several timed functions run interleaved, so that load from other processes hits them
+alike):
+- inference: the evaluate path, `MultiScalePredictor(scales, flip).predict_probabilities` on one
+  [S, S, 3] image (network, bilinear upsampling to S x S, softmax, average), with batch norm folded
+  into the convolutions (`FoldedDeepLabV3`) unless `--no-fold-bn`; one scale (1.0) by default. A
+  step is `--batch-size` images, one call each. With several scales or `--flip`, each
+  single-scale pass is timed too and `multiscale_cost_ratio` compares the two.
+- train: the real train step of `libs/training/step.py` (forward, loss, backward, momentum update)
+  under the default strategy, fed one in-memory batch repeated, so input is not measured.
+- input: the training tf.data pipeline alone (read records, decode, augment, crop, batch) on a
+  sample dataset of VOC-sized images written to a temporary folder unless `--data-dir` is given.
+  A step is one batch; batches arrive in bursts from the prefetch buffer, so this mode reports
+  the mean step (total time over batches), and wants many steps (e.g. 200).
+- convert: `convert_split` (validate, encode, write shards) of a sample dataset; a step is one
+  whole conversion of `--num-images` images.
+
+Printed: seconds per step, images/s, GFLOPs per image counted by TensorFlow's profiler on the traced
+graph, achieved GFLOP/s against the CPU's assumed fp32 peak (and, with `--measure-ceiling`, against
+a timed fp32 matmul), peak resident memory of the process, trace counts, device and TensorFlow
+version. `--json` prints all of it as one JSON line instead. The machine's other load changes
+every figure: compare runs interleaved, repeated, by their medians (docs/performance.md).
+"""
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import config as config_lib
+
+MODES = ('inference', 'train', 'input', 'convert')
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--mode', choices=MODES, default='inference')
+    p.add_argument('--num-layers', type=int, choices=(50, 101, 152), default=101)
+    p.add_argument('--output-stride', type=int, choices=(8, 16, 32), default=16)
+    p.add_argument('--num-classes', type=int, default=21)
+    p.add_argument('--input-size', type=int, default=513, help='square image or crop size')
+    p.add_argument('--batch-size', type=int, default=1)
+    p.add_argument('--steps', type=int, default=5, help='timed steps')
+    p.add_argument('--warmup', type=int, default=2, help='untimed steps first (tracing)')
+    p.add_argument('--threads', type=int, default=None,
+                   help='intra-op threads; default every CPU this process may use')
+    p.add_argument('--inter-op-threads', type=int, default=None,
+                   help="threads running independent ops side by side; default TensorFlow's")
+    p.add_argument('--fold-bn', action=argparse.BooleanOptionalAction, default=True,
+                   help='inference: fold batch norm into the convolutions')
+    p.add_argument('--scales', type=config_lib.parse_float_tuple, default=(1.0,),
+                   help='inference: evaluation scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75; with '
+                        'several (or --flip) each single-scale pass is timed too')
+    p.add_argument('--flip', action='store_true', help='inference: add left-right flips')
+    p.add_argument('--data-dir', default=None,
+                   help='input: TFRecord folder with a train split; default a sample dataset')
+    p.add_argument('--num-images', type=int, default=200,
+                   help='input/convert: images in the generated sample dataset')
+    p.add_argument('--precision', choices=('fp32', 'bf16', 'fp16'), default='fp32',
+                   help='compute dtype of the network (variables stay float32); meant for GPUs. '
+                        'fp16 is inference only: the train step has no loss scaling')
+    p.add_argument('--measure-ceiling', action='store_true',
+                   help='also time a 4096 x 4096 fp32 matmul: the GFLOP/s a dense kernel reaches')
+    p.add_argument('--json', action='store_true', help='print one JSON line')
+    return p
+
+
+def _time_steps(steps_by_name, steps, warmup):
+    """Times several step functions, interleaved so that load from other processes hits all alike.
+
+    Args:
+        steps_by_name: {name: step()}.
+        steps: timed rounds; each round calls every step once.
+        warmup: untimed rounds first (tracing happens there).
+    Returns:
+        {name: [seconds of each timed call]}.
+    """
+    for _ in range(warmup):
+        for step in steps_by_name.values():
+            step()
+    times = {name: [] for name in steps_by_name}
+    for _ in range(steps):
+        for name, step in steps_by_name.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _in_precision(model, precision, tf):
+    """`model` computing in `precision` on float32 images, returning float32 logits.
+
+    Kernels are cast where they are used (`Conv2D`), so variables and updates stay float32.
+    """
+    if precision == 'fp32':
+        return model
+    dtype = {'bf16': tf.bfloat16, 'fp16': tf.float16}[precision]
+
+    class Cast(tf.Module):
+        def __init__(self):
+            super().__init__(name=None)
+            self.model = model
+
+        def __call__(self, images, training=False, output_stride=None):
+            logits = self.model(tf.cast(images, dtype), training=training,
+                                output_stride=output_stride)
+            return tf.cast(logits, tf.float32)
+
+        @property
+        def regularized_variables(self):
+            return self.model.regularized_variables
+
+    return Cast()
+
+
+def bench_inference(args, tf):
+    """The evaluate path: `MultiScalePredictor` on one [S, S, 3] image, `--batch-size` per step.
+
+    With several scales or a flip, each single-scale pass (same flip) is timed in the same rounds,
+    and `multiscale_cost_ratio` is the multi-scale step over the sum of the single-scale steps.
+    """
+    from libs.evaluation.inference import MultiScalePredictor
+    from libs.nets.deeplabv3 import DeepLabV3
+    from libs.nets.folding import FoldedDeepLabV3
+    from libs.utils.flops import count_flops
+
+    model = DeepLabV3(args.num_classes, args.num_layers, args.output_stride, seed=0)
+    net = _in_precision(FoldedDeepLabV3(model) if args.fold_bn else model, args.precision, tf)
+    image = tf.random.stateless_uniform([args.input_size, args.input_size, 3], [0, 1], -120., 130.)
+    predictors = {'all': MultiScalePredictor(net, args.num_classes, args.output_stride,
+                                             args.scales, args.flip)}
+    if len(args.scales) > 1 or args.flip:
+        predictors.update({scale: MultiScalePredictor(net, args.num_classes, args.output_stride,
+                                                      (scale,), args.flip)
+                           for scale in args.scales})
+
+    def step_of(predictor):
+        def step():
+            for _ in range(args.batch_size):
+                predictor.predict_probabilities(image).numpy()
+        return step
+
+    steps = {name: step_of(predictor) for name, predictor in predictors.items()}
+    for _ in range(args.warmup):
+        for step in steps.values():
+            step()
+    traced = predictors['all'].trace_count
+    times = _time_steps(steps, args.steps, 0)
+
+    network = tf.function(lambda x: net(x, training=False, output_stride=args.output_stride))
+    flops = 0
+    for scale in args.scales:
+        size = max(round(args.input_size * scale), 1)
+        flops += count_flops(network.get_concrete_function(
+            tf.TensorSpec([2 if args.flip else 1, size, size, 3], tf.float32)))
+    extra = {'path': f'MultiScalePredictor(scales={args.scales}, flip={args.flip})'
+                     '.predict_probabilities, one image per call',
+             'fold_bn': args.fold_bn, 'scales': list(args.scales), 'flip': args.flip,
+             'trace_count': predictors['all'].trace_count,
+             'retraced_while_timing': predictors['all'].trace_count != traced}
+    if len(predictors) > 1:
+        single = {str(scale): statistics.median(times[scale]) for scale in args.scales}
+        extra.update(single_scale_seconds=single, sum_single_scale_seconds=sum(single.values()),
+                     multiscale_cost_ratio=statistics.median(times['all'])
+                     / sum(single.values()))
+    return times['all'], flops, extra
+
+
+def bench_train(args, tf):
+    """The train step of `libs/training/step.py` under the default strategy, on one in-memory batch.
+
+    FLOPs are the whole step's (forward, backward, update) per image; `forward_gflops_per_image`
+    is the training forward pass alone.
+    """
+    from libs.training.checkpoints import build_model
+    from libs.training.step import build_optimizer, build_train_step
+    from libs.utils.flops import count_flops
+
+    config = config_lib.TrainConfig(num_layers=args.num_layers, output_stride=args.output_stride,
+                                    num_classes=args.num_classes, batch_size=args.batch_size,
+                                    input_size=args.input_size)
+    strategy = tf.distribute.get_strategy()
+    if args.precision == 'fp16':
+        raise SystemExit('--precision fp16 needs loss scaling, which the train step lacks; '
+                         'use bf16 or fp32 for --mode train')
+    with strategy.scope():
+        model = _in_precision(build_model(config), args.precision, tf)
+        global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
+        optimizer = build_optimizer(config, global_step)
+    shape = [args.batch_size, args.input_size, args.input_size]
+    images = tf.random.stateless_uniform(shape + [3], [0, 1], -120., 130.)
+    labels = tf.random.stateless_uniform(shape, [0, 2], 0, args.num_classes, tf.int32)
+    dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    train_step = build_train_step(model, optimizer, global_step, strategy, config)
+
+    def step():
+        loss, _ = train_step(iterator)
+        float(loss)
+
+    for _ in range(args.warmup):
+        step()
+    traced = train_step.experimental_get_tracing_count()
+    times = _time_steps({'train': step}, args.steps, 0)['train']
+    retraced = train_step.experimental_get_tracing_count() != traced
+    flops = count_flops(train_step.get_concrete_function(iterator))
+    forward = tf.function(lambda x: model(x, training=True))
+    forward_flops = count_flops(forward.get_concrete_function(tf.TensorSpec(shape + [3])))
+    return times, flops, {'path': 'libs.training.step.build_train_step, default strategy, '
+                                  'in-memory batch',
+                          'forward_gflops_per_image': forward_flops / 1e9 / args.batch_size,
+                          'trace_count': train_step.experimental_get_tracing_count(),
+                          'retraced_while_timing': retraced}
+
+
+def _sample_records(args, workdir):
+    """A sample dataset of VOC-sized images and its records; returns (voc_dir, records_dir)."""
+    from libs.datasets.conversion import convert_split
+    from libs.datasets.sample import write_sample_dataset
+
+    voc_dir, records_dir = os.path.join(workdir, 'voc'), os.path.join(workdir, 'records')
+    write_sample_dataset(voc_dir, num_train=args.num_images, num_val=1, size_range=(375, 500))
+    convert_split(voc_dir, 'train', records_dir, progress=False)
+    return voc_dir, records_dir
+
+
+def bench_input(args, tf, workdir):
+    from libs.datasets import input_pipeline, tfrecord
+
+    records_dir = args.data_dir or _sample_records(args, workdir)[1]
+    dataset = input_pipeline.train_dataset(tfrecord.list_shards(records_dir, 'train'),
+                                           args.batch_size, crop_size=args.input_size)
+    iterator = iter(dataset)
+
+    def step():
+        images, _ = next(iterator)
+        images.numpy()
+
+    times = _time_steps({'input': step}, args.steps, max(args.warmup, 5))['input']
+    return times, None, {
+        'path': 'libs.datasets.input_pipeline.train_dataset',
+        'data': args.data_dir or f'sample dataset, {args.num_images} images of 375-500 px'}
+
+
+def bench_convert(args, tf, workdir):
+    from libs.datasets.conversion import convert_split
+    from libs.datasets.sample import write_sample_dataset
+
+    voc_dir = os.path.join(workdir, 'voc')
+    write_sample_dataset(voc_dir, num_train=args.num_images, num_val=1, size_range=(375, 500))
+    runs = iter(range(args.warmup + args.steps))
+
+    def step():
+        output = os.path.join(workdir, f'records-{next(runs)}')
+        convert_split(voc_dir, 'train', output, progress=False)
+        shutil.rmtree(output)
+
+    times = _time_steps({'convert': step}, args.steps, args.warmup)['convert']
+    return times, None, {
+        'path': 'libs.datasets.conversion.convert_split',
+        'data': f'sample dataset, {args.num_images} images of 375-500 px'}
+
+
+def run(args):
+    """Runs the benchmark of `args` and returns the results as a dict."""
+    import tensorflow as tf
+
+    from libs.utils.flops import cpu_peak, matmul_gflops
+
+    threads = args.threads or len(os.sched_getaffinity(0))
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    if args.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+    workdir = tempfile.mkdtemp(prefix='deeplab-bench-')
+    try:
+        if args.mode == 'inference':
+            times, flops, extra = bench_inference(args, tf)
+        elif args.mode == 'train':
+            times, flops, extra = bench_train(args, tf)
+        elif args.mode == 'input':
+            times, flops, extra = bench_input(args, tf, workdir)
+        else:
+            times, flops, extra = bench_convert(args, tf, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    # Batches leave a prefetching pipeline in bursts: its throughput is the mean, not the median.
+    seconds = (sum(times) / len(times) if args.mode == 'input' else statistics.median(times))
+    images_per_step = args.num_images if args.mode == 'convert' else args.batch_size
+    gpus = tf.config.list_physical_devices('GPU')
+    peak = cpu_peak(threads)
+    result = {
+        'mode': args.mode, 'num_layers': args.num_layers, 'output_stride': args.output_stride,
+        'input_size': args.input_size, 'batch_size': args.batch_size, 'steps': args.steps,
+        'threads': threads, 'inter_op_threads': args.inter_op_threads,
+        'precision': args.precision,
+        'seconds_per_step': seconds, 'step_time_statistic': 'mean' if args.mode == 'input'
+        else 'median', 'step_times': [round(t, 4) for t in times],
+        'images_per_sec': images_per_step / seconds,
+        'gflops_per_image': None, 'achieved_gflops_per_sec': None,
+        'device': f'GPU {gpus[0].name}' if gpus else f'CPU {peak["cpu"]} ({peak["cores"]} cores)',
+        'tf_version': tf.__version__,
+        'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        'cpu_peak_gflops': peak['peak_gflops'], 'cpu_peak_assumption': peak['assumption'],
+        'matmul_gflops': matmul_gflops() if args.measure_ceiling else None,
+    }
+    if flops is not None:
+        per_image = flops / 1e9 / (args.batch_size if args.mode == 'train' else 1)
+        achieved = per_image * result['images_per_sec']
+        result.update(gflops_per_image=per_image, achieved_gflops_per_sec=achieved,
+                      percent_of_peak=100 * achieved / peak['peak_gflops'])
+        if result['matmul_gflops']:
+            result['percent_of_matmul'] = 100 * achieved / result['matmul_gflops']
+    result.update(extra)
+    return result
+
+
+def _report(r):
+    """The result as a few lines of text."""
+    lines = [f'{r["mode"]}: {r["device"]}, TensorFlow {r["tf_version"]}, {r["threads"]} threads',
+             f'  {r["seconds_per_step"]:.4f} s/step ({r["step_time_statistic"]} of {r["steps"]}), '
+             f'{r["images_per_sec"]:.2f} images/s']
+    if r['gflops_per_image'] is not None:
+        lines.append(f'  {r["gflops_per_image"]:.2f} GFLOP/image, '
+                     f'{r["achieved_gflops_per_sec"]:.1f} GFLOP/s = {r["percent_of_peak"]:.1f}% '
+                     'of the assumed peak')
+    lines.append(f'  assumed peak: {r["cpu_peak_assumption"]}')
+    if r['matmul_gflops']:
+        lines.append(f'  measured fp32 matmul: {r["matmul_gflops"]:.1f} GFLOP/s')
+    if 'multiscale_cost_ratio' in r:
+        lines.append(f'  multi-scale step / sum of single-scale steps: '
+                     f'{r["multiscale_cost_ratio"]:.3f} ({r["sum_single_scale_seconds"]:.3f} s)')
+    if 'trace_count' in r:
+        lines.append(f'  traced {r["trace_count"]} time(s), retraced while timing: '
+                     f'{r["retraced_while_timing"]}')
+    lines.append(f'  peak RSS {r["peak_rss_mb"]:.0f} MB; path: {r["path"]}')
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    result = run(args)
+    print(json.dumps(result) if args.json else _report(result), flush=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
