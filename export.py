@@ -1,0 +1,48 @@
+"""Export a trained DeepLabV3 as a SavedModel for serving (encoded image bytes in, class map out).
+
+    python3 export.py --restore-from runs/stage1 --output-dir models/deeplab/1 --output-stride 8
+
+Signature `serving_default`: input `image_bytes` (scalar string: an encoded JPEG or PNG), outputs
+`semantic` (int32 [H, W]) and `probabilities` (float32 [H, W, C]) at the image's own size. Batch
+norm is folded into the convolutions. EXIF orientation is not applied inside the SavedModel. See
+docs/serving.md for TensorFlow Serving. The architecture is read from the run's config.json.
+"""
+import argparse
+import sys
+
+import config as config_lib
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--restore-from', required=True,
+                   help='snapshot dir (its latest checkpoint) or one checkpoint prefix')
+    p.add_argument('--output-dir', required=True,
+                   help='the SavedModel folder to create (must not exist, or be empty)')
+    p.add_argument('--output-stride', type=int, choices=(8, 16, 32), default=None,
+                   help="overrides the run's output stride")
+    p.add_argument('--scales', type=config_lib.parse_float_tuple, default=(1.0,),
+                   help='input scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75')
+    p.add_argument('--flip', action='store_true', help='also average left-right flipped inputs')
+    args = p.parse_args(argv)
+    from libs import serving
+    from libs.evaluation.prediction import class_names_for
+    from libs.training.checkpoints import load_trained_model
+    try:
+        model, run_config, prefix, step = load_trained_model(args.restore_from,
+                                                             args.output_stride)
+        path = serving.export_saved_model(
+            model, args.output_dir, class_names_for(run_config.num_classes),
+            output_stride=run_config.output_stride, scales=args.scales, flip=args.flip)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    print(f'Exported {prefix} (step {step}) to {path}: output stride '
+          f'{run_config.output_stride}, scales {list(args.scales)}, flip {args.flip}, '
+          'batch norm folded')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
