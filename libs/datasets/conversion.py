@@ -123,8 +123,13 @@ def _decode(data, what):
     return image
 
 
-def _read_image(path):
-    """(format, (width, height)) of a fully decodable JPEG or PNG image file."""
+def read_image(path):
+    """(format, (width, height)) of a fully decodable JPEG or PNG image file.
+
+    Raises:
+        EntryError: the file is not a JPEG or PNG, cannot be decoded, or has a mode that
+            TensorFlow's `decode_image(channels=3)` does not turn into RGB.
+    """
     with open(path, 'rb') as f:
         data = f.read()
     fmt = detect_format(data)
@@ -215,7 +220,7 @@ def _check(entry):
         problems.append(Problem(image_id, image_path, 'missing image'))
     else:
         try:
-            fmt, size = _read_image(image_path)
+            fmt, size = read_image(image_path)
         except EntryError as e:
             problems.append(Problem(image_id, image_path, str(e)))
     label_path = _label_path(label_dir, image_id)
@@ -246,14 +251,20 @@ def _check(entry):
                     tuple(warnings))
 
 
+def encode_label(label):
+    """uint8 [H, W] class indices -> greyscale ('L') PNG bytes, as the records store labels."""
+    buffer = io.BytesIO()
+    Image.fromarray(label, 'L').save(buffer, format='PNG')
+    return buffer.getvalue()
+
+
 def _encode(checked):
-    """_Checked -> (image bytes, greyscale label PNG bytes), for writing."""
+    """_Checked -> the arguments of `tfrecord.make_example`, for writing."""
     with open(checked.image_path, 'rb') as f:
         image_bytes = f.read()
     label, _ = read_label(checked.label_path)
-    buffer = io.BytesIO()
-    Image.fromarray(label, 'L').save(buffer, format='PNG')
-    return image_bytes, buffer.getvalue()
+    return (image_bytes, checked.image_format, checked.image_id, checked.height, checked.width,
+            encode_label(label))
 
 
 def _ignore_sigint():
@@ -262,8 +273,11 @@ def _ignore_sigint():
 
 
 @contextlib.contextmanager
-def _mapper(num_workers, num_items):
-    """An ordered `map` over worker processes, or the builtin `map` for one worker."""
+def worker_map(num_workers, num_items):
+    """An ordered `map` over worker processes, or the builtin `map` for one worker.
+
+    The mapped function and its items must be picklable (module-level functions, plain data).
+    """
     num_workers = min(num_workers, num_items)
     if num_workers <= 1:
         yield map
@@ -284,7 +298,26 @@ def _shard_sizes(num_items, num_shards):
     return [b - a for a, b in zip(bounds, bounds[1:])]
 
 
-def _write_shards(valid, output_dir, split_name, num_shards, mapper, progress):
+def write_shards(items, encode, output_dir, split_name, num_shards, mapper=map, progress=True):
+    """Writes `items` as `{split_name}-%05d-of-%05d.tfrecord` shards, atomically.
+
+    Shards are written under temporary names and renamed only once all are complete; on any
+    error (or Ctrl-C) the temporaries are removed and no shard of this run is left behind.
+    Afterwards, shards of `split_name` with another shard count are removed.
+
+    Args:
+        items: the entries to write, in order; contiguous runs of them form the shards.
+        encode: item -> the arguments of `tfrecord.make_example` (image bytes, format, id,
+            height, width, label PNG bytes); a picklable function when `mapper` uses processes.
+        output_dir: created when missing (and removed again if the write fails).
+        split_name: prefix of the shard names.
+        num_shards: at least 1, at most len(items).
+        mapper: an ordered map, e.g. from `worker_map`, that runs `encode`.
+        progress: show a tqdm progress bar on stderr.
+
+    Returns:
+        The shard paths.
+    """
     # TensorFlow is imported only here so that validation workers need not load it.
     import tensorflow as tf
 
@@ -295,17 +328,12 @@ def _write_shards(valid, output_dir, split_name, num_shards, mapper, progress):
     names = [tfrecord.shard_name(split_name, i, num_shards) for i in range(num_shards)]
     temps = [os.path.join(output_dir, f'.{name}.tmp-{os.getpid()}') for name in names]
     try:
-        encoded = mapper(_encode, valid)
-        entries = iter(valid)
-        with tqdm(total=len(valid), desc='writing', unit='img', disable=not progress) as bar:
-            for temp, size in zip(temps, _shard_sizes(len(valid), num_shards)):
+        encoded = mapper(encode, items)
+        with tqdm(total=len(items), desc='writing', unit='img', disable=not progress) as bar:
+            for temp, size in zip(temps, _shard_sizes(len(items), num_shards)):
                 with tf.io.TFRecordWriter(temp) as writer:
-                    for checked, (image_bytes, label_png) in itertools.islice(
-                            zip(entries, encoded), size):
-                        example = tfrecord.make_example(
-                            image_bytes, checked.image_format, checked.image_id,
-                            checked.height, checked.width, label_png)
-                        writer.write(example.SerializeToString())
+                    for args in itertools.islice(encoded, size):
+                        writer.write(tfrecord.make_example(*args).SerializeToString())
                         bar.update()
         for temp, name in zip(temps, names):
             os.replace(temp, os.path.join(output_dir, name))
@@ -393,7 +421,7 @@ def convert_split(voc_dir, split_name, output_dir, label_dir=None, split_file=No
 
     num_workers = num_workers or os.cpu_count() or 1
     entries = [(i, os.path.join(image_dir, f'{i}.jpg'), label_dir, num_classes) for i in ids]
-    with _mapper(num_workers, len(entries)) as mapper:
+    with worker_map(num_workers, len(entries)) as mapper:
         checked = list(tqdm(mapper(_check, entries), total=len(entries), desc='validating',
                             unit='img', disable=not progress))
         for c in checked:
@@ -411,5 +439,6 @@ def convert_split(voc_dir, split_name, output_dir, label_dir=None, split_file=No
             raise ConversionError(f'no valid entry in split {split_name!r}; nothing was written',
                                   problems)
         num_shards = min(num_shards or default_num_shards(len(valid)), len(valid))
-        shards = _write_shards(valid, output_dir, split_name, num_shards, mapper, progress)
+        shards = write_shards(valid, _encode, output_dir, split_name, num_shards, mapper,
+                              progress)
     return ConversionResult(split_name, len(valid), shards, output_dir, problems, warnings)
