@@ -28,7 +28,7 @@ clean-demo:
 # write the data, convert it, train, evaluate with multi-scale + flip.
 DEMO_VOC := $(if $(DATA),$(DATA),$(DEMO_DIR)/sample_voc)
 DEMO_TRAIN_FLAGS ?= --num-layers 50 --output-stride 16 --batch-size 8 --input-size 97 \
-	--num-steps 400 --learning-rate 0.02 --bn-decay 0.99 --log-every 25 --save-pred-every 200
+	--num-steps 600 --learning-rate 0.02 --bn-decay 0.99 --log-every 50 --save-pred-every 300
 
 demo: $(STAMP)
 	@start=$$(date +%s); \
