@@ -14,7 +14,9 @@ alike):
   step is `--batch-size` images, one call each. With several scales or `--flip`, each
   single-scale pass is timed too and `multiscale_cost_ratio` compares the two.
 - train: the real train step of `libs/training/step.py` (forward, loss, backward, momentum update)
-  under the default strategy, fed one in-memory batch repeated, so input is not measured.
+  under the default strategy (train.py's), fed one in-memory batch repeated, so input is not
+  measured. `--cpu-devices N` or `--num-gpus N` runs it under train_multi_gpu.py's
+  `MirroredStrategy` instead, `--batch-size` being the global batch (sync BN as configured).
 - input: the training tf.data pipeline alone (read records, decode, augment, crop, batch) on a
   sample dataset of VOC-sized images written to a temporary folder unless `--data-dir` is given.
   A step is one batch; batches arrive in bursts from the prefetch buffer, so this mode reports
@@ -71,6 +73,14 @@ def build_parser():
     p.add_argument('--precision', choices=('fp32', 'bf16', 'fp16'), default='fp32',
                    help='compute dtype of the network (variables stay float32); meant for GPUs. '
                         'fp16 is inference only: the train step has no loss scaling')
+    replicas = p.add_mutually_exclusive_group()
+    replicas.add_argument('--cpu-devices', type=int, default=None,
+                          help="train: MirroredStrategy over N logical CPU devices, as "
+                               "train_multi_gpu.py's --cpu-devices")
+    replicas.add_argument('--num-gpus', type=int, default=None,
+                          help='train: MirroredStrategy over N GPUs, as train_multi_gpu.py')
+    p.add_argument('--sync-bn', action=argparse.BooleanOptionalAction, default=True,
+                   help='train, mirrored: all-reduce batch-norm statistics across replicas')
     p.add_argument('--measure-ceiling', action='store_true',
                    help='also time a 4096 x 4096 fp32 matmul: the GFLOP/s a dense kernel reaches')
     p.add_argument('--json', action='store_true', help='print one JSON line')
@@ -179,7 +189,8 @@ def bench_inference(args, tf):
 
 
 def bench_train(args, tf):
-    """The train step of `libs/training/step.py` under the default strategy, on one in-memory batch.
+    """The train step of `libs/training/step.py` on one in-memory batch, under the default strategy
+    or, with `--cpu-devices`/`--num-gpus`, under train_multi_gpu.py's `MirroredStrategy`.
 
     FLOPs are the whole step's (forward, backward, update) per image; `forward_gflops_per_image`
     is the training forward pass alone.
@@ -190,20 +201,28 @@ def bench_train(args, tf):
 
     config = config_lib.TrainConfig(num_layers=args.num_layers, output_stride=args.output_stride,
                                     num_classes=args.num_classes, batch_size=args.batch_size,
-                                    input_size=args.input_size)
-    strategy = tf.distribute.get_strategy()
+                                    input_size=args.input_size, sync_bn=args.sync_bn)
+    if args.cpu_devices or args.num_gpus:
+        from libs.training.mirrored import mirrored_strategy
+        strategy = mirrored_strategy(num_gpus=args.num_gpus, cpu_devices=args.cpu_devices)
+        if args.batch_size % strategy.num_replicas_in_sync:
+            raise SystemExit(f'--batch-size {args.batch_size} does not split over '
+                             f'{strategy.num_replicas_in_sync} replicas')
+    else:
+        strategy = tf.distribute.get_strategy()
     if args.precision == 'fp16':
         raise SystemExit('--precision fp16 needs loss scaling, which the train step lacks; '
                          'use bf16 or fp32 for --mode train')
     with strategy.scope():
-        model = _in_precision(build_model(config), args.precision, tf)
+        model = _in_precision(build_model(config, strategy.num_replicas_in_sync),
+                              args.precision, tf)
         global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
         optimizer = build_optimizer(config, global_step)
     shape = [args.batch_size, args.input_size, args.input_size]
     images = tf.random.stateless_uniform(shape + [3], [0, 1], -120., 130.)
     labels = tf.random.stateless_uniform(shape, [0, 2], 0, args.num_classes, tf.int32)
     dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    iterator = iter(dataset)  # global batches, split over the replicas as in the loop
     train_step = build_train_step(model, optimizer, global_step, strategy, config)
 
     def step():
@@ -218,8 +237,10 @@ def bench_train(args, tf):
     flops = count_flops(train_step.get_concrete_function(iterator))
     forward = tf.function(lambda x: model(x, training=True))
     forward_flops = count_flops(forward.get_concrete_function(tf.TensorSpec(shape + [3])))
-    return times, flops, {'path': 'libs.training.step.build_train_step, default strategy, '
-                                  'in-memory batch',
+    return times, flops, {'path': 'libs.training.step.build_train_step, '
+                                  f'{type(strategy).__name__} over '
+                                  f'{strategy.num_replicas_in_sync} replica(s), in-memory batch',
+                          'replicas': strategy.num_replicas_in_sync,
                           'forward_gflops_per_image': forward_flops / 1e9 / args.batch_size,
                           'trace_count': train_step.experimental_get_tracing_count(),
                           'retraced_while_timing': retraced}

@@ -54,11 +54,8 @@ def build(config, strategy):
     train_step = build_train_step(model, optimizer, step, strategy, config)
     images, labels = fixed_batch()
 
-    def dataset_fn(input_context):
-        return tf.data.Dataset.from_tensor_slices((images, labels)).batch(
-            input_context.get_per_replica_batch_size(BATCH)).repeat()
-
-    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    # Global batches, split over the replicas by the step, as the training loop feeds it.
+    iterator = iter(tf.data.Dataset.from_tensors((images, labels)).repeat())
     return model, train_step, iterator
 
 

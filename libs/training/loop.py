@@ -156,7 +156,9 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
             lambda: strategy.distribute_datasets_from_function(
                 lambda context: dataset_fn(context, seed=_per_worker_seed(config.random_seed)))))
     else:
-        iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+        # One pipeline of global batches, which the step splits over the local replicas (see
+        # `build_train_step` for why not a distributed dataset).
+        iterator = iter(dataset_fn(tf.distribute.InputContext()))
 
     train_step = build_train_step(model, optimizer, step, strategy, config)
 

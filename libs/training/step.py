@@ -25,9 +25,34 @@ def build_optimizer(config, global_step):
         momentum=config.momentum)
 
 
+def split_over_replicas(strategy, batch):
+    """Per-replica values of a global batch: replica k takes the k-th of N equal slices.
+
+    Args:
+        strategy: a local strategy (default or `MirroredStrategy`).
+        batch: tuple of tensors [B, ...], B divisible by the replica count.
+    Returns:
+        `batch` itself with one replica, otherwise a tuple of per-replica values [B / N, ...].
+    """
+    replicas = strategy.num_replicas_in_sync
+    if replicas == 1:
+        return batch
+    with tf.device('/cpu:0'):
+        parts = [tf.split(tensor, replicas) for tensor in batch]
+    return tuple(strategy.experimental_distribute_values_from_function(
+        lambda context, slices=slices: slices[context.replica_id_in_sync_group])
+        for slices in parts)
+
+
 def build_train_step(model, optimizer, global_step, strategy, config):
     """A `tf.function(iterator, limit=None) -> (loss, confusion)` that takes one batch and applies
     one update.
+
+    The iterator yields either global batches (a plain `tf.data` iterator; the step splits each
+    over the replicas with `split_over_replicas`) or per-replica values (a distributed dataset's
+    iterator, as `ParameterServerStrategy`'s per-worker datasets). The training loop gives local
+    strategies a plain iterator: on a 2-core CPU a live distributed dataset (its
+    MultiDeviceIterator) made every ResNet-50 step ~20% slower, even while idle.
 
     With `limit` (an int64 scalar tensor) the step runs only while `global_step < limit` and
     returns `(loss, confusion, applied)`; a skipped step returns a zero loss and confusion and
@@ -78,6 +103,8 @@ def build_train_step(model, optimizer, global_step, strategy, config):
     @tf.function
     def train_step(iterator, limit=None):
         images, labels = next(iterator)
+        if isinstance(images, tf.Tensor):
+            images, labels = split_over_replicas(strategy, (images, labels))
         if limit is None:
             return run(images, labels)
         return tf.cond(global_step < limit, lambda: run(images, labels) + (tf.constant(True),),
