@@ -33,14 +33,16 @@ def main(argv=None):
     args = p.parse_args(argv)
     from libs.evaluation import prediction
     from libs.evaluation.inference import MultiScalePredictor
+    from libs.nets.folding import FoldedDeepLabV3
     from libs.training.checkpoints import load_trained_model
     from libs.utils import image_io
     try:
         paths = image_io.list_images(args.input)
         model, run_config, prefix, step = load_trained_model(args.restore_from,
                                                              args.output_stride)
-        predictor = MultiScalePredictor(model, run_config.num_classes, run_config.output_stride,
-                                        scales=args.scales, flip=args.flip)
+        predictor = MultiScalePredictor(FoldedDeepLabV3(model), run_config.num_classes,
+                                        run_config.output_stride, scales=args.scales,
+                                        flip=args.flip)
     except (ValueError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

