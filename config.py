@@ -128,8 +128,8 @@ def build_train_parser(description):
                    help="TF-slim resnet_v1 ImageNet checkpoint for the backbone")
     g.add_argument('--random-seed', type=int, default=d.random_seed)
     g.add_argument('--deterministic', action='store_true', default=d.deterministic,
-                   help='deterministic TensorFlow ops: the same seed and data give the same '
-                        'weights (slower)')
+                   help='deterministic TensorFlow ops, run one at a time (one inter-op thread): '
+                        'the same seed and data give the same weights (slower)')
     g.add_argument('--log-every', type=int, default=d.log_every)
     g.add_argument('--val-split', default=d.val_split,
                    help='split in --data-dir to validate on at every checkpoint')

@@ -13,10 +13,8 @@ every bad image listed) unless --skip-invalid is given.
     python3 train.py --data-dir data/records --split-name coco_train ...
 """
 import argparse
-import logging
 import os
 import sys
-import time
 
 from libs.datasets import coco, conversion
 
@@ -45,28 +43,19 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(levelname)s: %(message)s')
-    start = time.time()
-    try:
-        result = coco.convert_coco(
+    result, seconds, status = conversion.run_for_script(
+        lambda: coco.convert_coco(
             args.annotation_file, args.image_dir, args.split_name, args.output_dir,
             min_voc_pixels=args.min_voc_pixels, num_shards=args.num_shards,
-            num_workers=args.num_workers, skip_invalid=args.skip_invalid)
-    except conversion.ConversionError as e:
-        hint = '\n(--skip-invalid writes the valid images only)' if e.problems else ''
-        print(f'error: {e}{hint}', file=sys.stderr)
-        return 1
-    except (FileNotFoundError, ValueError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f'interrupted; no shard was written to {args.output_dir}', file=sys.stderr)
-        return 130
+            num_workers=args.num_workers, skip_invalid=args.skip_invalid),
+        args.output_dir, 'the valid images only')
+    if result is None:
+        return status
     print(f'split {result.split}: {result.num_images} images written in '
           f'{len(result.shards)} shards to {result.output_dir}; '
           f'{len(result.dropped)} dropped (fewer than {args.min_voc_pixels} VOC-class pixels), '
           f'{len({p.image_id for p in result.skipped})} invalid skipped, '
-          f'{len(result.warnings)} warnings, {time.time() - start:.1f} s')
+          f'{len(result.warnings)} warnings, {seconds:.1f} s')
     return 0
 
 

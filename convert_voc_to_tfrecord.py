@@ -12,10 +12,8 @@ train_aug labels come from SBD (http://home.bharathh.info/pubs/codes/SBD/downloa
 either the commonly distributed PNG conversion `SegmentationClassAug` or SBD's own `cls/*.mat`.
 """
 import argparse
-import logging
 import os
 import sys
-import time
 
 from libs.datasets import conversion, voc
 
@@ -44,30 +42,21 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(levelname)s: %(message)s')
-    start = time.time()
-    try:
-        result = conversion.convert_split(
+    result, seconds, status = conversion.run_for_script(
+        lambda: conversion.convert_split(
             args.voc_dir, args.split_name, args.output_dir, label_dir=args.label_dir,
             split_file=args.split_file, num_shards=args.num_shards,
             num_workers=args.num_workers, skip_invalid=args.skip_invalid,
-            num_classes=args.num_classes)
-    except conversion.ConversionError as e:
-        hint = '\n(--skip-invalid writes the valid pairs only)' if e.problems else ''
-        print(f'error: {e}{hint}', file=sys.stderr)
-        return 1
-    except (FileNotFoundError, ValueError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f'interrupted; no shard was written to {args.output_dir}', file=sys.stderr)
-        return 130
+            num_classes=args.num_classes),
+        args.output_dir, 'the valid pairs only')
+    if result is None:
+        return status
     print(f'split {result.split}: {result.num_images} images '
           f'(VOC 2012 {result.split} has {voc.SPLIT_SIZES[result.split]}), '
           f'{len(result.shards)} shards written to {result.output_dir}, '
           f'{len({p.image_id for p in result.skipped})} invalid entries skipped, '
           f'{len(result.warnings)} warnings, '
-          f'{time.time() - start:.1f} s')
+          f'{seconds:.1f} s')
     return 0
 
 

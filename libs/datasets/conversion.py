@@ -25,6 +25,8 @@ import multiprocessing
 import os
 import re
 import signal
+import sys
+import time
 
 import numpy as np
 from PIL import Image
@@ -442,3 +444,31 @@ def convert_split(voc_dir, split_name, output_dir, label_dir=None, split_file=No
         shards = write_shards(valid, _encode, output_dir, split_name, num_shards, mapper,
                               progress)
     return ConversionResult(split_name, len(valid), shards, output_dir, problems, warnings)
+
+
+def run_for_script(convert, output_dir, skip_hint):
+    """Runs a converter script's `convert()`, turning refusals into one message on stderr.
+
+    Args:
+        convert: a callable returning a `ConversionResult` (or the COCO converter's result).
+        output_dir: the shards' folder, named when the run is interrupted.
+        skip_hint: what `--skip-invalid` writes instead, e.g. 'the valid pairs only'.
+    Returns:
+        (result, seconds taken, exit status): the status is 0 with a result; 1 (refused input:
+        a `ConversionError`, a missing file or a bad value) or 130 (interrupted) with None.
+    """
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s: %(message)s')
+    start = time.time()
+    try:
+        result = convert()
+    except ConversionError as e:
+        hint = f'\n(--skip-invalid writes {skip_hint})' if e.problems else ''
+        print(f'error: {e}{hint}', file=sys.stderr)
+        return None, time.time() - start, 1
+    except (FileNotFoundError, ValueError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return None, time.time() - start, 1
+    except KeyboardInterrupt:
+        print(f'interrupted; no shard was written to {output_dir}', file=sys.stderr)
+        return None, time.time() - start, 130
+    return result, time.time() - start, 0
