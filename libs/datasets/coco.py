@@ -17,7 +17,7 @@ the paper keeps "images that have annotation regions larger than 1000 pixels", h
 default of 1000.
 
 Records follow `tfrecord`'s schema (the original image bytes, the label as a greyscale PNG) and
-are written by `conversion.write_shards`, so train.py reads them like any VOC split. Validation
+are written by `shards.write_shards`, so train.py reads them like any VOC split. Validation
 fully decodes every image and every kept image's annotations first; a bad entry refuses the
 whole run before anything is written (or, with `skip_invalid`, is left out).
 """
@@ -35,6 +35,7 @@ from pycocotools import mask as mask_api
 from tqdm import tqdm
 
 from libs.datasets import conversion, voc
+from libs.datasets.shards import default_num_shards, worker_map, write_shards
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ def convert_coco(annotation_file, image_dir, split_name, output_dir,
         output_dir: where the shards go; created only when there is something to write.
         min_voc_pixels: keep an image only when at least this many label pixels hold a VOC
             class (1..20); 0 keeps every valid image.
-        num_shards: default `conversion.default_num_shards(kept images)`.
+        num_shards: default `default_num_shards(kept images)`.
         num_workers: validation/encoding processes; default os.cpu_count().
         skip_invalid: leave bad images out (listed in the result) instead of refusing.
         progress: show tqdm progress bars on stderr.
@@ -282,7 +283,7 @@ def convert_coco(annotation_file, image_dir, split_name, output_dir,
         logger.warning('%s', w)
 
     num_workers = num_workers or os.cpu_count() or 1
-    with conversion.worker_map(num_workers, len(entries)) as mapper:
+    with worker_map(num_workers, len(entries)) as mapper:
         checked = list(tqdm(mapper(_check, entries), total=len(entries), desc='validating',
                             unit='img', disable=not progress))
         problems += [p for c in checked for p in c.problems]
@@ -305,8 +306,8 @@ def convert_coco(annotation_file, image_dir, split_name, output_dir,
             raise conversion.ConversionError(
                 f'no image of {annotation_file} is valid and holds at least {min_voc_pixels} '
                 'VOC-class pixels; nothing was written')
-        num_shards = min(num_shards or conversion.default_num_shards(len(kept)), len(kept))
-        shards = conversion.write_shards(kept, _encode, output_dir, split_name, num_shards,
+        num_shards = min(num_shards or default_num_shards(len(kept)), len(kept))
+        shards = write_shards(kept, _encode, output_dir, split_name, num_shards,
                                          mapper, progress)
     return CocoConversionResult(split_name, len(kept), shards, output_dir, problems, warnings,
                                 dropped)

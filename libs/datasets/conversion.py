@@ -4,7 +4,7 @@ Two passes over the split:
 1. validate every (image, label) pair by fully decoding both, in worker processes; any bad
    entry refuses the whole run before anything is written (or, with `skip_invalid`, is left out);
 2. encode and write the shards under temporary names, renamed only once all are complete, so an
-   error or Ctrl-C never leaves a partial shard set behind.
+   error or Ctrl-C never leaves a partial shard set behind (`shards.write_shards`).
 
 Labels are read as class indices: palette ('P') and greyscale ('L') PNGs as stored; a label saved
 as RGB colours is mapped back through the VOC palette with a warning, or refused when it holds
@@ -14,17 +14,10 @@ http://home.bharathh.info/pubs/codes/SBD/download.html) are read when no `.png` 
 Records store labels as greyscale PNGs (see `tfrecord`).
 """
 import collections
-import concurrent.futures
-import contextlib
 import dataclasses
-import functools
 import io
-import itertools
 import logging
-import multiprocessing
 import os
-import re
-import signal
 import sys
 import time
 
@@ -33,6 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from libs.datasets import voc
+from libs.datasets.shards import default_num_shards, worker_map, write_shards
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +79,6 @@ class ConversionResult:
     output_dir: str
     skipped: list = dataclasses.field(default_factory=list)
     warnings: list = dataclasses.field(default_factory=list)
-
-
-def default_num_shards(num_images):
-    """4 shards up to 2000 images (deeplab's choice for train and val), 10 beyond (train_aug:
-    ~1060 images, ~100 MB a shard, enough shards to split across input pipelines); never more
-    shards than images."""
-    return max(1, min(4 if num_images <= 2000 else 10, num_images))
 
 
 def default_label_dir(voc_dir, split_name):
@@ -267,92 +254,6 @@ def _encode(checked):
     label, _ = read_label(checked.label_path)
     return (image_bytes, checked.image_format, checked.image_id, checked.height, checked.width,
             encode_label(label))
-
-
-def _ignore_sigint():
-    # Ctrl-C is handled by the parent, which stops the pool and removes temporaries.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-@contextlib.contextmanager
-def worker_map(num_workers, num_items):
-    """An ordered `map` over worker processes, or the builtin `map` for one worker.
-
-    The mapped function and its items must be picklable (module-level functions, plain data).
-    """
-    num_workers = min(num_workers, num_items)
-    if num_workers <= 1:
-        yield map
-        return
-    # 'spawn', not 'fork': the parent may have loaded TensorFlow, which is not fork-safe.
-    executor = concurrent.futures.ProcessPoolExecutor(
-        num_workers, mp_context=multiprocessing.get_context('spawn'), initializer=_ignore_sigint)
-    try:
-        yield functools.partial(executor.map,
-                                chunksize=max(1, min(16, num_items // (4 * num_workers))))
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _shard_sizes(num_items, num_shards):
-    """Contiguous shard sizes that differ by at most one (split-list order is kept)."""
-    bounds = [i * num_items // num_shards for i in range(num_shards + 1)]
-    return [b - a for a, b in zip(bounds, bounds[1:])]
-
-
-def write_shards(items, encode, output_dir, split_name, num_shards, mapper=map, progress=True):
-    """Writes `items` as `{split_name}-%05d-of-%05d.tfrecord` shards, atomically.
-
-    Shards are written under temporary names and renamed only once all are complete; on any
-    error (or Ctrl-C) the temporaries are removed and no shard of this run is left behind.
-    Afterwards, shards of `split_name` with another shard count are removed.
-
-    Args:
-        items: the entries to write, in order; contiguous runs of them form the shards.
-        encode: item -> the arguments of `tfrecord.make_example` (image bytes, format, id,
-            height, width, label PNG bytes); a picklable function when `mapper` uses processes.
-        output_dir: created when missing (and removed again if the write fails).
-        split_name: prefix of the shard names.
-        num_shards: at least 1, at most len(items).
-        mapper: an ordered map, e.g. from `worker_map`, that runs `encode`.
-        progress: show a tqdm progress bar on stderr.
-
-    Returns:
-        The shard paths.
-    """
-    # TensorFlow is imported only here so that validation workers need not load it.
-    import tensorflow as tf
-
-    from libs.datasets import tfrecord
-
-    created_dir = not os.path.isdir(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
-    names = [tfrecord.shard_name(split_name, i, num_shards) for i in range(num_shards)]
-    temps = [os.path.join(output_dir, f'.{name}.tmp-{os.getpid()}') for name in names]
-    try:
-        encoded = mapper(encode, items)
-        with tqdm(total=len(items), desc='writing', unit='img', disable=not progress) as bar:
-            for temp, size in zip(temps, _shard_sizes(len(items), num_shards)):
-                with tf.io.TFRecordWriter(temp) as writer:
-                    for args in itertools.islice(encoded, size):
-                        writer.write(tfrecord.make_example(*args).SerializeToString())
-                        bar.update()
-        for temp, name in zip(temps, names):
-            os.replace(temp, os.path.join(output_dir, name))
-    except BaseException:
-        for temp in temps:
-            if os.path.exists(temp):
-                os.remove(temp)
-        if created_dir and not os.listdir(output_dir):
-            os.rmdir(output_dir)
-        raise
-    # A former conversion of this split with another shard count would make the set ambiguous.
-    stale_re = re.compile(re.escape(split_name) + r'-\d{5}-of-\d{5}\.tfrecord$')
-    for name in sorted(os.listdir(output_dir)):
-        if stale_re.match(name) and name not in names:
-            os.remove(os.path.join(output_dir, name))
-            logger.info('removed stale shard %s', os.path.join(output_dir, name))
-    return [os.path.join(output_dir, name) for name in names]
 
 
 def _refusal(split_name, problems, num_entries, label_dir):
