@@ -48,7 +48,6 @@ COCO_TO_VOC = {
     'sheep': 'sheep', 'couch': 'sofa', 'train': 'train', 'tv': 'tvmonitor',
 }
 DEFAULT_MIN_VOC_PIXELS = 1000
-_MAX_LISTED = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +222,8 @@ def _entries(index, image_dir, annotation_file, class_map):
         if unknown:
             problems.append(conversion.Problem(
                 image_id, annotation_file,
-                f'annotations {unknown[:_MAX_LISTED]} name a category_id not in categories'))
+                f'annotations {unknown[:conversion.MAX_LISTED]} name a category_id not in '
+                'categories'))
         entries.append(_Entry(image_id, os.path.join(image_dir, file_name), int(image['height']),
                               int(image['width']), tuple(shapes), annotation_file))
     return entries, problems
@@ -278,7 +278,8 @@ def convert_coco(annotation_file, image_dir, split_name, output_dir,
                         if n > 1)
     if duplicates:
         raise conversion.ConversionError(
-            f'{annotation_file} lists image names more than once: {duplicates[:_MAX_LISTED]}')
+            f'{annotation_file} lists image names more than once: '
+            f'{duplicates[:conversion.MAX_LISTED]}')
     for w in warnings:
         logger.warning('%s', w)
 
@@ -307,7 +308,7 @@ def convert_coco(annotation_file, image_dir, split_name, output_dir,
                 f'no image of {annotation_file} is valid and holds at least {min_voc_pixels} '
                 'VOC-class pixels; nothing was written')
         num_shards = min(num_shards or default_num_shards(len(kept)), len(kept))
-        shards = write_shards(kept, _encode, output_dir, split_name, num_shards,
-                                         mapper, progress)
+        shards = write_shards(kept, _encode, output_dir, split_name, num_shards, mapper,
+                              progress)
     return CocoConversionResult(split_name, len(kept), shards, output_dir, problems, warnings,
                                 dropped)

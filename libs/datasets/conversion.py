@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 AUG_LABEL_DIR = 'SegmentationClassAug'
 # PIL modes TensorFlow's decode_image(channels=3) turns into 8-bit RGB.
 _IMAGE_MODES = {'jpeg': ('RGB', 'L'), 'png': ('RGB', 'RGBA', 'L', 'LA', 'P')}
-_MAX_LISTED = 10
+MAX_LISTED = 10  # entries a message lists before it abbreviates
 
 
 class EntryError(ValueError):
@@ -140,8 +140,8 @@ def _colours_to_indices(rgb):
     indices = [lookup.get(c) for c in colours.tolist()]
     foreign = [c for c, i in zip(colours.tolist(), indices) if i is None]
     if foreign:
-        shown = ', '.join(str((c >> 16, (c >> 8) & 255, c & 255)) for c in foreign[:_MAX_LISTED])
-        more = f' and {len(foreign) - _MAX_LISTED} more' if len(foreign) > _MAX_LISTED else ''
+        shown = ', '.join(str((c >> 16, (c >> 8) & 255, c & 255)) for c in foreign[:MAX_LISTED])
+        more = f' and {len(foreign) - MAX_LISTED} more' if len(foreign) > MAX_LISTED else ''
         raise EntryError(
             f'label is an RGB image with colours that are not VOC palette colours: {shown}{more}; '
             'labels must be palette (P) or greyscale (L) PNGs of class indices')
@@ -234,7 +234,7 @@ def _check(entry):
             if bad:
                 problems.append(Problem(
                     image_id, label_path, f'label values outside 0..{num_classes - 1} and '
-                    f'{voc.IGNORE_LABEL}: {bad[:_MAX_LISTED]}'))
+                    f'{voc.IGNORE_LABEL}: {bad[:MAX_LISTED]}'))
     width, height = size if size is not None else (0, 0)
     return _Checked(image_id, image_path, label_path, fmt, height, width, tuple(problems),
                     tuple(warnings))
@@ -316,7 +316,7 @@ def convert_split(voc_dir, split_name, output_dir, label_dir=None, split_file=No
     duplicates = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
     if duplicates:
         raise ConversionError(f'split list {split_file} lists ids more than once: '
-                              f'{duplicates[:_MAX_LISTED]}')
+                              f'{duplicates[:MAX_LISTED]}')
     for folder, what in ((image_dir, 'image folder'), (label_dir, 'label folder')):
         if not os.path.isdir(folder):
             raise FileNotFoundError(f'{what} not found: {folder}')
