@@ -137,6 +137,19 @@ def build_train_parser(description):
     return p
 
 
+def add_inference_args(parser):
+    """The flags evaluate.py, predict.py and export.py share: which run, at which output stride,
+    with which scales and flips (paper, section 4.1)."""
+    parser.add_argument('--restore-from', required=True,
+                        help='snapshot dir (its latest checkpoint) or one checkpoint prefix')
+    parser.add_argument('--output-stride', type=int, choices=(8, 16, 32), default=None,
+                        help="overrides the run's output stride")
+    parser.add_argument('--scales', type=parse_float_tuple, default=(1.0,),
+                        help='input scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75')
+    parser.add_argument('--flip', action='store_true',
+                        help='also average left-right flipped inputs')
+
+
 def config_from_args(args, **overrides):
     """The `TrainConfig` of parsed flags; flags that are not config fields are ignored."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -15,16 +15,10 @@ import config as config_lib
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--restore-from', required=True,
-                   help='snapshot dir (its latest checkpoint) or one checkpoint prefix')
+    config_lib.add_inference_args(p)
     p.add_argument('--data-dir', default=config_lib.TrainConfig.data_dir,
                    help='folder of TFRecord shards')
     p.add_argument('--split-name', default='val')
-    p.add_argument('--output-stride', type=int, choices=(8, 16, 32), default=None,
-                   help="overrides the run's output stride")
-    p.add_argument('--scales', type=config_lib.parse_float_tuple, default=(1.0,),
-                   help='input scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75')
-    p.add_argument('--flip', action='store_true', help='also average left-right flipped inputs')
     p.add_argument('--output-json', default=None, help='write the metrics here')
     p.add_argument('--save-predictions', default=None, metavar='DIR',
                    help='write one VOC palette PNG per image here')

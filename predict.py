@@ -19,15 +19,9 @@ import config as config_lib
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--restore-from', required=True,
-                   help='snapshot dir (its latest checkpoint) or one checkpoint prefix')
+    config_lib.add_inference_args(p)
     p.add_argument('--input', required=True, help='an image file, a folder, or a glob pattern')
     p.add_argument('--output-dir', required=True, help='where the PNGs (and overlays) go')
-    p.add_argument('--output-stride', type=int, choices=(8, 16, 32), default=None,
-                   help="overrides the run's output stride")
-    p.add_argument('--scales', type=config_lib.parse_float_tuple, default=(1.0,),
-                   help='input scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75')
-    p.add_argument('--flip', action='store_true', help='also average left-right flipped inputs')
     p.add_argument('--overlay', action='store_true',
                    help='also write <stem>_overlay.jpg: the photo tinted, with a legend')
     args = p.parse_args(argv)
