@@ -20,10 +20,10 @@ MODE_ARGS = {
 }
 
 
-def run_benchmark(mode):
+def run_benchmark(mode, args=None):
     completed = subprocess.run(
         [sys.executable, os.path.join(ROOT, 'benchmark.py'), '--mode', mode] + TINY
-        + MODE_ARGS[mode], capture_output=True, text=True, cwd=ROOT, timeout=300,
+        + (MODE_ARGS[mode] if args is None else args), capture_output=True, text=True, cwd=ROOT, timeout=300,
         env=dict(os.environ, CUDA_VISIBLE_DEVICES=''))
     assert completed.returncode == 0, completed.stderr[-3000:]
     lines = completed.stdout.strip().splitlines()
@@ -54,6 +54,13 @@ def test_benchmark_reports_positive_figures(mode):
     if mode == 'train':
         # Forward + backward costs more than the forward pass alone.
         assert result['gflops_per_image'] > 2 * result['forward_gflops_per_image'] > 0
+
+
+def test_train_step_under_the_mirrored_strategy():
+    """--cpu-devices: train_multi_gpu.py's strategy, the global batch split over two replicas."""
+    result = run_benchmark('train', ['--batch-size', '2', '--cpu-devices', '2'])
+    assert result['replicas'] == 2 and 'MirroredStrategy' in result['path']
+    assert result['images_per_sec'] > 0 and not result['retraced_while_timing']
 
 
 def test_flop_count_of_a_convolution_is_two_per_multiply_add():
