@@ -195,7 +195,7 @@ def bench_train(args, tf):
     FLOPs are the whole step's (forward, backward, update) per image; `forward_gflops_per_image`
     is the training forward pass alone.
     """
-    from libs.training.checkpoints import build_model
+    from libs.runs.checkpoints import build_model
     from libs.training.step import build_optimizer, build_train_step
     from libs.utils.flops import count_flops
 

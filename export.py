@@ -20,9 +20,9 @@ def main(argv=None):
     p.add_argument('--output-dir', required=True,
                    help='the SavedModel folder to create (must not exist, or be empty)')
     args = p.parse_args(argv)
-    from libs import serving
+    from libs.evaluation import serving
     from libs.evaluation.prediction import class_names_for
-    from libs.training.checkpoints import load_trained_model
+    from libs.runs.checkpoints import load_trained_model
     try:
         model, run_config, prefix, step = load_trained_model(args.restore_from,
                                                              args.output_stride)

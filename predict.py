@@ -28,7 +28,7 @@ def main(argv=None):
     from libs.evaluation import prediction
     from libs.evaluation.inference import MultiScalePredictor
     from libs.nets.folding import FoldedDeepLabV3
-    from libs.training.checkpoints import load_trained_model
+    from libs.runs.checkpoints import load_trained_model
     from libs.utils import image_io
     try:
         paths = image_io.list_images(args.input)

@@ -26,7 +26,7 @@ import tensorflow as tf  # noqa: E402
 
 import config as config_lib  # noqa: E402
 from libs.nets.layers import BatchNorm  # noqa: E402
-from libs.training import checkpoints  # noqa: E402
+from libs.runs import checkpoints  # noqa: E402
 from libs.training.mirrored import mirrored_strategy  # noqa: E402
 from libs.training.step import build_optimizer, build_train_step  # noqa: E402
 

@@ -6,7 +6,7 @@ import time
 
 import tensorflow as tf
 
-from libs.training.checkpoints import describe_checkpoint
+from libs.runs.checkpoints import describe_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

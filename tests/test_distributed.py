@@ -114,7 +114,7 @@ def train_args(records, run_dir, num_steps, save_every=4):
 
 
 def checkpoint_step(run_dir):
-    from libs.training.checkpoints import describe_checkpoint, resolve_checkpoint
+    from libs.runs.checkpoints import describe_checkpoint, resolve_checkpoint
     found = describe_checkpoint(resolve_checkpoint(run_dir))
     assert found['num_layers'] == 50 and found['num_classes'] == 21
     return found['global_step']

@@ -12,7 +12,7 @@ import predict
 from libs.datasets import input_pipeline
 from libs.evaluation.inference import MultiScalePredictor
 from libs.nets.folding import FoldedDeepLabV3
-from libs.training.checkpoints import load_trained_model
+from libs.runs.checkpoints import load_trained_model
 from libs.utils import image_io
 
 # Runs in a clean process from tmp_path: only TensorFlow, no repo code on the path.

@@ -12,7 +12,7 @@ from PIL import Image
 from config import TrainConfig
 from libs.datasets import conversion, sample, voc
 from libs.nets.deeplabv3 import DeepLabV3
-from libs.training import checkpoints
+from libs.runs import checkpoints
 from libs.training.loop import TrainingDiverged, train
 from libs.training.losses import masked_cross_entropy_sum
 from libs.training.schedules import poly_learning_rate

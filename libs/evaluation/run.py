@@ -6,7 +6,7 @@ from libs.evaluation.evaluator import evaluate_dataset, result_to_json_dict, wri
 from libs.evaluation.inference import MultiScalePredictor
 from libs.evaluation.prediction import class_names_for
 from libs.nets.folding import FoldedDeepLabV3
-from libs.training.checkpoints import load_trained_model
+from libs.runs.checkpoints import load_trained_model
 
 
 def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=None,

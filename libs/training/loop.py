@@ -17,7 +17,8 @@ import tensorflow as tf
 import config as config_lib
 from libs.datasets import input_pipeline, tfrecord
 from libs.evaluation.metrics import iou_from_confusion
-from libs.training import checkpoints, summaries
+from libs.runs import checkpoints
+from libs.training import summaries
 from libs.training.schedules import poly_learning_rate
 from libs.training.step import build_optimizer, build_train_step
 
