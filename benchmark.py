@@ -141,7 +141,7 @@ def bench_inference(args, tf):
     With several scales or a flip, each single-scale pass (same flip) is timed in the same rounds,
     and `multiscale_cost_ratio` is the multi-scale step over the sum of the single-scale steps.
     """
-    from libs.evaluation.inference import MultiScalePredictor
+    from libs.evaluation.inference import MultiScalePredictor, aligned_length, scaled_length
     from libs.nets.deeplabv3 import DeepLabV3
     from libs.nets.folding import FoldedDeepLabV3
     from libs.utils.flops import count_flops
@@ -172,7 +172,7 @@ def bench_inference(args, tf):
     network = tf.function(lambda x: net(x, training=False, output_stride=args.output_stride))
     flops = 0
     for scale in args.scales:
-        size = max(round(args.input_size * scale), 1)
+        size = aligned_length(scaled_length(args.input_size, scale), args.output_stride)
         flops += count_flops(network.get_concrete_function(
             tf.TensorSpec([2 if args.flip else 1, size, size, 3], tf.float32)))
     extra = {'path': f'MultiScalePredictor(scales={args.scales}, flip={args.flip})'

@@ -1,14 +1,24 @@
-"""Multi-scale + flip inference, against an eager reference built from the same tiny network.
+"""Multi-scale + flip inference, against an independent reference written here in NumPy.
 
-The network here is a stand-in with the DeepLabV3 call signature; the thing under test is the
-predictor wrapped around it.
+The reference follows tensorflow/models research/deeplab: pad the image at the bottom and right
+with the mean pixel (0 after normalisation) to OS*k + 1, run the network, upsample the logits with
+corners aligned to that size, crop to the image; at another scale s the image is first resized with
+corners aligned to round((n - 1) s) + 1 pixels a side and the probabilities resized back. Only the
+network itself is shared with the code under test; padding, resizing, cropping and averaging are
+NumPy here.
 """
+import io
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
-from libs.evaluation import inference
+from libs.datasets.input_pipeline import MEAN_RGB
+from libs.evaluation import inference, serving
 from libs.nets.deeplabv3 import DeepLabV3
+from libs.nets.folding import FoldedDeepLabV3
 
 NUM_CLASSES = 3
 
@@ -16,7 +26,8 @@ NUM_CLASSES = 3
 class TinyNet(tf.Module):
     """Two 3x3 convs (the second strided only at output stride 4) and a 1x1 classifier.
 
-    Random, fixed weights: the net is not mirror-symmetric, which the flip tests rely on.
+    Random, fixed weights: the net is not mirror-symmetric, which the flip tests rely on. Records
+    the size of every input it is called with.
     """
 
     def __init__(self, num_classes=NUM_CLASSES, seed=0):
@@ -24,7 +35,7 @@ class TinyNet(tf.Module):
         rng = np.random.default_rng(seed)
         self.w1 = tf.constant(rng.normal(size=(3, 3, 3, 8)) * 0.3, tf.float32)
         self.w2 = tf.constant(rng.normal(size=(3, 3, 8, 8)) * 0.3, tf.float32)
-        self.w3 = tf.constant(rng.normal(size=(1, 1, 8, num_classes)), tf.float32)
+        self.w3 = tf.constant(rng.normal(size=(1, 1, 8, num_classes)) * 0.2, tf.float32)
 
     def __call__(self, images, training=False, output_stride=4):
         assert output_stride in (2, 4) and not training
@@ -33,51 +44,132 @@ class TinyNet(tf.Module):
         return tf.nn.conv2d(net, self.w3, 1, 'SAME')
 
 
+class InputSizes(tf.Module):
+    """Wraps a network and records the [H, W] of every input it sees (eagerly, via a py hook)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.sizes = []
+
+    def __call__(self, images, training=False, output_stride=16):
+        def record(shape):
+            self.sizes.append(tuple(int(v) for v in shape))
+            return shape
+        shape = tf.numpy_function(record, [tf.shape(images)[1:3]], tf.int32)
+        with tf.control_dependencies([shape]):
+            images = tf.identity(images)
+        return self.model(images, training=training, output_stride=output_stride)
+
+
 def _image(height, width, seed=0):
     return np.random.default_rng(seed).normal(scale=50.0, size=(height, width, 3)).astype(
         np.float32)
 
 
-def _reference_probabilities(model, image, scales, flip, output_stride):
-    """Eager, one input at a time: the definition of multi-scale + flip averaging."""
+def _photo(height, width, seed=0):
+    """Random uint8 pixels [H, W, 3] and the same normalised (mean pixel subtracted), float32."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return pixels, pixels.astype(np.float32) - np.array(MEAN_RGB, np.float32)
+
+
+def _resize_aligned(x, height, width):
+    """NumPy bilinear resize of [h, w, C] to [height, width], corners aligned, float64."""
+    def axis(n_in, n_out):
+        source = np.zeros(n_out) if n_out == 1 else np.arange(n_out) * (n_in - 1) / (n_out - 1)
+        low = np.clip(np.floor(source).astype(int), 0, n_in - 1)
+        high = np.minimum(low + 1, n_in - 1)
+        return low, high, source - low
+
+    x = np.asarray(x, np.float64)
+    low, high, frac = axis(x.shape[0], height)
+    x = x[low] * (1 - frac)[:, None, None] + x[high] * frac[:, None, None]
+    low, high, frac = axis(x.shape[1], width)
+    return x[:, low] * (1 - frac)[None, :, None] + x[:, high] * frac[None, :, None]
+
+
+def _softmax(logits):
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _reference_single(model, image, output_stride):
+    """Pad to OS*k + 1, run, upsample with corners aligned, crop, softmax: [H, W, C]."""
     height, width = image.shape[:2]
-    inputs = [(image, False)] + ([(image[:, ::-1], True)] if flip else [])
+    canvas = [output_stride * math.ceil((n - 1) / output_stride) + 1 for n in (height, width)]
+    padded = np.zeros(canvas + [3], np.float32)
+    padded[:height, :width] = image
+    logits = model(tf.constant(padded[None]), training=False, output_stride=output_stride)
+    logits = _resize_aligned(logits[0].numpy(), *canvas)
+    return _softmax(logits[:height, :width])
+
+
+def _reference(model, image, scales, flip, output_stride):
+    """The average over scales (and the mirrored image) of the per-scale procedure."""
+    height, width = image.shape[:2]
     outputs = []
-    for scale in scales:
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        for x, mirrored in inputs:
-            x = tf.compat.v1.image.resize_bilinear(x[None], size, align_corners=True)
-            logits = model(x, training=False, output_stride=output_stride)
-            logits = tf.compat.v1.image.resize_bilinear(logits, (height, width), align_corners=True)
-            probabilities = tf.nn.softmax(logits)[0].numpy()
+    for x, mirrored in [(image, False)] + ([(image[:, ::-1], True)] if flip else []):
+        for scale in scales:
+            size = [round((n - 1) * scale) + 1 for n in (height, width)]
+            scaled = x if scale == 1.0 else _resize_aligned(x, *size).astype(np.float32)
+            probabilities = _resize_aligned(_reference_single(model, scaled, output_stride),
+                                            height, width)
             outputs.append(probabilities[:, ::-1] if mirrored else probabilities)
     return np.mean(outputs, axis=0)
 
 
+def _calibrated_deeplab(output_stride, num_classes=5):
+    """A ResNet-50 DeepLabV3 whose logits are of a trained network's order, so that probabilities
+    are not saturated and comparing them means something: batch-norm statistics from one batch
+    of three 321-pixel photos of varied brightness and contrast (decay 0; ASPP's large rates need
+    large inputs), and the classifier's weights shrunk."""
+    model = DeepLabV3(num_classes=num_classes, depth=50, output_stride=output_stride,
+                      bn_decay=0.0, seed=0)
+    rng = np.random.default_rng(5)
+    batch = [_photo(321, 321, seed=s)[1] * rng.uniform(0.3, 1.0) + rng.uniform(-50, 50)
+             for s in range(3)]
+    model(tf.constant(np.stack(batch), tf.float32), training=True)
+    model.classifier.kernel.assign(model.classifier.kernel * 0.2)
+    return model
+
+
+def test_canvas_sizes():
+    # The examples of the reference's alignment: VOC's 375 and 500 pixel sides.
+    assert inference.aligned_length(375, 16) == 385
+    assert inference.aligned_length(500, 16) == 513
+    assert inference.aligned_length(500, 8) == 505
+    assert inference.aligned_length(513, 16) == 513
+    assert inference.aligned_length(66, 8) == 73
+    assert inference.aligned_length(1, 16) == 1
+    assert inference.scaled_length(500, 0.5) == 251
+    assert inference.scaled_length(375, 1.75) == 655  # 654.5 rounds half to even
+
+
 @pytest.mark.parametrize('output_stride', [2, 4])
-def test_single_scale_without_flip_equals_plain_inference(output_stride):
-    model = TinyNet()
-    image = _image(65, 81)
+def test_single_scale_equals_reference_and_network_sees_aligned_sizes(output_stride):
+    model = InputSizes(TinyNet())
+    image = _image(65, 82)
     predictor = inference.MultiScalePredictor(model, NUM_CLASSES, output_stride=output_stride)
-    logits = model(image[None], training=False, output_stride=output_stride)
-    logits = tf.compat.v1.image.resize_bilinear(logits, (65, 81), align_corners=True)
-    np.testing.assert_array_equal(
-        predictor.predict(image).numpy(), tf.argmax(logits[0], -1, output_type=tf.int32).numpy())
-    np.testing.assert_allclose(
-        predictor.predict_probabilities(image).numpy(), tf.nn.softmax(logits)[0].numpy(),
-        rtol=0, atol=1e-6)
+    probabilities = predictor.predict_probabilities(image).numpy()
+    np.testing.assert_allclose(probabilities, _reference_single(model, image, output_stride),
+                               rtol=0, atol=1e-5)
+    canvas_width = 81 + output_stride  # 82 is not OS*k + 1: the canvas is the next one.
+    assert model.sizes[0] == (65, canvas_width)
 
 
-def test_multi_scale_flip_averages_probabilities():
-    # 65 * 0.75 = 48.75 and 81 * 1.25 = 101.25: rounding, not truncation, picks the sizes.
-    model = TinyNet()
+def test_multi_scale_flip_averages_aligned_probabilities():
+    model = InputSizes(TinyNet())
     image = _image(65, 81)
-    scales = (0.75, 1.25)
+    scales = (0.5, 0.75, 1.25)
     predictor = inference.MultiScalePredictor(model, NUM_CLASSES, output_stride=4, scales=scales,
                                               flip=True)
-    expected = _reference_probabilities(model, image, scales, True, 4)
-    np.testing.assert_allclose(predictor.predict_probabilities(image).numpy(), expected,
-                               rtol=0, atol=1e-5)
+    probabilities = predictor.predict_probabilities(image).numpy()
+    expected = _reference(model, image, scales, True, 4)
+    np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-5)
+    assert len(model.sizes) == 3 + 6  # the predictor's 3 calls, then the reference's 6
+    assert all((n - 1) % 4 == 0 for size in model.sizes for n in size), model.sizes
+    # Averaging the flip has teeth: without it the result differs.
+    assert np.abs(expected - _reference(model, image, scales, False, 4)).max() > 0.02
 
 
 def test_flip_averaging_is_mirror_symmetric():
@@ -93,7 +185,7 @@ def test_flip_averaging_is_mirror_symmetric():
     plain = inference.MultiScalePredictor(model, NUM_CLASSES, output_stride=4, scales=(0.5, 1.0))
     difference = np.abs(plain.predict_probabilities(mirrored).numpy()
                         - plain.predict_probabilities(image).numpy()[:, ::-1])
-    assert difference.max() > 0.05
+    assert difference.max() > 0.02
 
 
 def test_traced_once_across_image_sizes():
@@ -107,8 +199,8 @@ def test_traced_once_across_image_sizes():
 
 
 @pytest.mark.parametrize('height,width,scales', [
-    (65, 67, (0.5, 0.75, 1.75)),   # odd sizes, scaled sizes 32.5 -> 32, 48.75 -> 49, 113.75 -> 114
-    (3, 5, (0.25, 1.5)),           # 0.75 -> 1, 1.25 -> 1: at least one pixel
+    (65, 67, (0.5, 0.75, 1.75)),
+    (3, 5, (0.25, 1.5)),  # scaled sides of 1 pixel
 ])
 def test_output_size_equals_input_size(height, width, scales):
     predictor = inference.MultiScalePredictor(TinyNet(), NUM_CLASSES, output_stride=4,
@@ -119,24 +211,54 @@ def test_output_size_equals_input_size(height, width, scales):
     assert prediction.shape == (height, width)
     np.testing.assert_allclose(
         predictor.predict_probabilities(image).numpy(),
-        _reference_probabilities(predictor.model, image, scales, True, 4), rtol=0, atol=1e-5)
+        _reference(predictor.model, image, scales, True, 4), rtol=0, atol=1e-5)
 
 
-def test_rejects_bad_scales():
-    with pytest.raises(ValueError):
-        inference.MultiScalePredictor(TinyNet(), NUM_CLASSES, scales=())
-    with pytest.raises(ValueError):
-        inference.MultiScalePredictor(TinyNet(), NUM_CLASSES, scales=(1.0, 0.0))
+@pytest.mark.parametrize('scales', [(), (1.0, 0.0), (-0.5,), (float('nan'),), (float('inf'),)])
+def test_rejects_bad_scales(scales):
+    with pytest.raises(ValueError, match='scales'):
+        inference.MultiScalePredictor(TinyNet(), NUM_CLASSES, scales=scales)
 
 
-def test_deeplabv3_multi_scale_flip():
-    model = DeepLabV3(num_classes=3, depth=50, output_stride=16, seed=0)
+SIZES = [(500, 375), (375, 500), (97, 66), (65, 65)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('output_stride', [8, 16])
+def test_deeplab_evaluate_path_and_saved_model_equal_reference(output_stride, tmp_path):
+    """DeepLabV3 as evaluate.py runs it (batch norm folded) and as the SavedModel serves it, at one
+    scale, on VOC-sized and small odd images, against the reference procedure."""
+    model = _calibrated_deeplab(output_stride)
+    folded = FoldedDeepLabV3(model)
+    predictor = inference.MultiScalePredictor(folded, model.num_classes, output_stride)
+    saved_dir = serving.export_saved_model(model, str(tmp_path / 'saved'), [f'c{i}' for i in
+                                           range(model.num_classes)],
+                                           output_stride=output_stride)
+    serve = tf.saved_model.load(saved_dir).signatures[serving.SIGNATURE_KEY]
+    for k, (height, width) in enumerate(SIZES):
+        pixels, image = _photo(height, width, seed=10 + k)
+        expected = _reference_single(folded, image, output_stride)
+        # Not saturated: the comparison below is of probabilities, not of ones and zeros.
+        assert 0.05 < expected.max(-1).mean() < 0.99
+        np.testing.assert_allclose(predictor.predict_probabilities(image).numpy(), expected,
+                                   rtol=0, atol=1e-5, err_msg=f'{height}x{width}')
+        png = io.BytesIO()
+        Image.fromarray(pixels).save(png, format='PNG')
+        served = serve(**{serving.INPUT_KEY: tf.constant(png.getvalue())})
+        np.testing.assert_allclose(served['probabilities'].numpy(), expected, rtol=0, atol=1e-5,
+                                   err_msg=f'SavedModel {height}x{width}')
+    assert predictor.trace_count == 1
+
+
+def test_deeplab_multi_scale_flip():
+    model = _calibrated_deeplab(16, num_classes=3)
     scales = (0.75, 1.25)
     predictor = inference.MultiScalePredictor(model, 3, output_stride=16, scales=scales,
                                               flip=True)
-    image = _image(65, 71)
-    np.testing.assert_allclose(
-        predictor.predict_probabilities(image).numpy(),
-        _reference_probabilities(model, image, scales, True, 16), rtol=0, atol=1e-5)
-    assert predictor.predict(_image(70, 66)).shape == (70, 66)
+    _, image = _photo(65, 71)
+    expected = _reference(model, image, scales, True, 16)
+    assert 0.05 < expected.max(-1).mean() < 0.99
+    np.testing.assert_allclose(predictor.predict_probabilities(image).numpy(), expected,
+                               rtol=0, atol=1e-5)
+    assert predictor.predict(_photo(70, 66)[1]).shape == (70, 66)
     assert predictor.trace_count == 1

@@ -61,10 +61,22 @@ class DeepLabV3(tf.Module):
         return [v for v in self.trainable_variables if v.name.endswith('/weights:0')]
 
 
+def resize_aligned_corners(images, size):
+    """Bilinear resize of [B, h, w, C] to `size` (H, W) with corners aligned: pixel i goes to
+    i * (H - 1) / (h - 1), so the first and last rows and columns stay in place.
+
+    TensorFlow 2's `tf.image.resize` has no corner alignment; this is the op behind TF1's
+    `resize_bilinear(align_corners=True)`, which the reference DeepLab uses. Returns float32.
+    """
+    return tf.raw_ops.ResizeBilinear(images=images, size=size, align_corners=True,
+                                     half_pixel_centers=False)
+
+
 def upsample_logits(logits, size):
     """Bilinear upsampling of logits [B, h, w, C] to `size` (H, W), corners aligned.
 
-    Feature i sits on input pixel i * OS (slim's conv2d_same), so aligning corners maps features back
-    onto the pixels they were computed at; with 16k+1 inputs this is exact.
+    Feature i sits on input pixel i * OS (slim's conv2d_same), so aligning corners maps features
+    back onto the pixels they were computed at when the input was OS*k + 1 pixels on each side
+    (training crops; inference pads to such sizes, see `libs/evaluation/inference.py`).
     """
-    return tf.compat.v1.image.resize_bilinear(logits, size, align_corners=True)
+    return resize_aligned_corners(logits, size)
