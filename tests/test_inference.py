@@ -104,16 +104,42 @@ def _reference_single(model, image, output_stride):
     return _softmax(logits[:height, :width])
 
 
-def _reference(model, image, scales, flip, output_stride):
-    """The average over scales (and the mirrored image) of the per-scale procedure."""
+def _reference_sliding(model, image, window, stride, output_stride):
+    """Windows of `window` pixels a side (or the image's side if smaller) every `stride` pixels,
+    plus one flush with the bottom/right edge; each window as a whole image; the average of the
+    probabilities of the windows covering each pixel."""
+    height, width = image.shape[:2]
+    window_height, window_width = min(window, height), min(window, width)
+    tops = list(range(0, height - window_height, stride)) + [height - window_height]
+    lefts = list(range(0, width - window_width, stride)) + [width - window_width]
+    total = np.zeros((height, width, 1))
+    count = np.zeros((height, width, 1))
+    for top in tops:
+        for left in lefts:
+            crop = image[top:top + window_height, left:left + window_width]
+            total = total + np.pad(
+                _reference_single(model, crop, output_stride),
+                [(top, height - top - window_height), (left, width - left - window_width),
+                 (0, 0)])
+            count[top:top + window_height, left:left + window_width] += 1
+    assert count.min() >= 1
+    return total / count
+
+
+def _reference(model, image, scales, flip, output_stride, window=None, stride=None):
+    """The average over scales (and the mirrored image) of the per-scale procedure, whole-image
+    or sliding-window."""
     height, width = image.shape[:2]
     outputs = []
     for x, mirrored in [(image, False)] + ([(image[:, ::-1], True)] if flip else []):
         for scale in scales:
             size = [round((n - 1) * scale) + 1 for n in (height, width)]
             scaled = x if scale == 1.0 else _resize_aligned(x, *size).astype(np.float32)
-            probabilities = _resize_aligned(_reference_single(model, scaled, output_stride),
-                                            height, width)
+            if window is None:
+                probabilities = _reference_single(model, scaled, output_stride)
+            else:
+                probabilities = _reference_sliding(model, scaled, window, stride, output_stride)
+            probabilities = _resize_aligned(probabilities, height, width)
             outputs.append(probabilities[:, ::-1] if mirrored else probabilities)
     return np.mean(outputs, axis=0)
 
@@ -262,3 +288,52 @@ def test_deeplab_multi_scale_flip():
                                rtol=0, atol=1e-5)
     assert predictor.predict(_photo(70, 66)[1]).shape == (70, 66)
     assert predictor.trace_count == 1
+
+
+def test_sliding_window_at_least_the_image_is_the_whole_image():
+    model = TinyNet()
+    image = _image(65, 82)
+    whole = inference.MultiScalePredictor(model, NUM_CLASSES, output_stride=4,
+                                          scales=(0.5, 1.0), flip=True)
+    windowed = inference.MultiScalePredictor(model, NUM_CLASSES, output_stride=4,
+                                             scales=(0.5, 1.0), flip=True, window=(65, 90),
+                                             stride=7)
+    np.testing.assert_allclose(windowed.predict_probabilities(image).numpy(),
+                               whole.predict_probabilities(image).numpy(), rtol=0, atol=1e-7)
+
+
+def test_sliding_window_averages_aligned_windows():
+    model = InputSizes(TinyNet())
+    image = _image(70, 90)
+    predictor = inference.MultiScalePredictor(model, NUM_CLASSES, output_stride=4,
+                                              scales=(1.0, 0.75), flip=True, window=33,
+                                              stride=20)
+    probabilities = predictor.predict_probabilities(image).numpy()
+    # Scale 1: rows at 0, 20, 37 and columns at 0, 20, 40, 57; scale 0.75 (53 x 68 pixels):
+    # rows at 0, 20 and columns at 0, 20, 35. Each window is one network call (with its flip).
+    assert len(model.sizes) == 3 * 4 + 2 * 3
+    assert set(model.sizes) == {(33, 33)}
+    expected = _reference(model, image, (1.0, 0.75), True, 4, window=33, stride=20)
+    # 2e-5 in a few pixels: TensorFlow resizes with float32 coordinates, NumPy with float64.
+    np.testing.assert_allclose(probabilities, expected, rtol=0, atol=5e-5)
+    # The windows change the result: the network does not see the whole image at once.
+    whole = _reference(model, image, (1.0, 0.75), True, 4)
+    assert np.abs(expected - whole).max() > 1e-3
+
+
+def test_sliding_window_traced_once_and_smaller_images():
+    model = TinyNet()
+    predictor = inference.MultiScalePredictor(model, NUM_CLASSES, output_stride=4, window=33)
+    for height, width in [(70, 90), (20, 100), (33, 33), (12, 9)]:
+        image = _image(height, width)
+        np.testing.assert_allclose(predictor.predict_probabilities(image).numpy(),
+                                   _reference_sliding(model, image, 33, 22, 4), rtol=0,
+                                   atol=1e-5, err_msg=f'{height}x{width}')
+    assert predictor.trace_count == 1
+
+
+@pytest.mark.parametrize('kwargs', [dict(window=0), dict(window=(33, -1)), dict(stride=8),
+                                    dict(window=33, stride=0)])
+def test_rejects_bad_windows(kwargs):
+    with pytest.raises(ValueError, match='window|stride'):
+        inference.MultiScalePredictor(TinyNet(), NUM_CLASSES, **kwargs)

@@ -66,9 +66,20 @@ class MultiScalePredictor:
         output_stride: output stride to run the model at (8 or 16 for DeepLabV3).
         scales: input scales (see the module docstring for the sizes and the alignment).
         flip: also predict the left-right mirrored image and average it in.
+        window: None for whole-image inference, or the (height, width) (or one int for both) of
+            the windows of sliding-window inference, for images larger than memory or than the
+            training crops (Cityscapes' 2048 x 1024). At each scale, windows of this size (in
+            scaled pixels; smaller only where the scaled image is) step by `stride` over the
+            scaled image, the last row and column of windows flush with its bottom and right
+            edges so that every pixel is covered. Each window is predicted like a whole image
+            (padded to OS*k + 1, aligned, cropped), and the probabilities of overlapping windows
+            are averaged. A window at least as large as the scaled image is the whole image.
+        stride: (height, width) or one int, the step between windows; default two thirds of the
+            window.
     """
 
-    def __init__(self, model, num_classes, output_stride=16, scales=(1.0,), flip=False):
+    def __init__(self, model, num_classes, output_stride=16, scales=(1.0,), flip=False,
+                 window=None, stride=None):
         scales = tuple(float(s) for s in scales)
         if not scales or any(not 0 < s < float('inf') for s in scales):
             raise ValueError(f'scales must be a non-empty list of positive numbers, got {scales}')
@@ -77,6 +88,12 @@ class MultiScalePredictor:
         self.output_stride = output_stride
         self.scales = scales
         self.flip = flip
+        self.window = None if window is None else _pair(window, 'window')
+        if self.window is None and stride is not None:
+            raise ValueError('a stride needs a window (sliding-window inference)')
+        self.stride = (None if window is None else
+                       _pair(stride, 'stride') if stride is not None else
+                       tuple(max(1, 2 * w // 3) for w in self.window))
         self._probabilities = tf.function(
             self._compute_probabilities,
             input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
@@ -128,17 +145,70 @@ class MultiScalePredictor:
         says; float32 [B, H, W, C]."""
         height, width = tf.shape(images)[1], tf.shape(images)[2]
         if scale == 1.0:
-            scaled, scaled_height, scaled_width = images, height, width
+            scaled = images
         else:
-            scaled_height, scaled_width = scaled_length(height, scale), scaled_length(width, scale)
-            scaled = resize_aligned_corners(images, [scaled_height, scaled_width])
-        canvas_height = aligned_length(scaled_height, self.output_stride)
-        canvas_width = aligned_length(scaled_width, self.output_stride)
-        canvas = tf.pad(scaled, [[0, 0], [0, canvas_height - scaled_height],
-                                 [0, canvas_width - scaled_width], [0, 0]])
-        logits = self.model(canvas, training=False, output_stride=self.output_stride)
-        logits = upsample_logits(logits, [canvas_height, canvas_width])
-        probabilities = tf.nn.softmax(logits[:, :scaled_height, :scaled_width], axis=-1)
+            scaled = resize_aligned_corners(
+                images, [scaled_length(height, scale), scaled_length(width, scale)])
+        if self.window is None:
+            probabilities = self._whole_image_probabilities(scaled)
+        else:
+            probabilities = self._sliding_window_probabilities(scaled)
         if scale != 1.0:
             probabilities = resize_aligned_corners(probabilities, [height, width])
         return probabilities
+
+    def _whole_image_probabilities(self, images):
+        """[B, h, w, 3] -> [B, h, w, C]: pad to the OS*k + 1 canvas, run the network, upsample
+        the logits with corners aligned, crop, softmax."""
+        height, width = tf.shape(images)[1], tf.shape(images)[2]
+        canvas_height = aligned_length(height, self.output_stride)
+        canvas_width = aligned_length(width, self.output_stride)
+        canvas = tf.pad(images, [[0, 0], [0, canvas_height - height],
+                                 [0, canvas_width - width], [0, 0]])
+        logits = self.model(canvas, training=False, output_stride=self.output_stride)
+        logits = upsample_logits(logits, [canvas_height, canvas_width])
+        return tf.nn.softmax(logits[:, :height, :width], axis=-1)
+
+    def _sliding_window_probabilities(self, images):
+        """[B, h, w, 3] -> [B, h, w, C]: the average over the windows covering each pixel."""
+        shape = tf.shape(images)
+        batch, height, width = shape[0], shape[1], shape[2]
+        window_height = tf.minimum(self.window[0], height)
+        window_width = tf.minimum(self.window[1], width)
+        rows = _window_count(height, window_height, self.stride[0])
+        columns = _window_count(width, window_width, self.stride[1])
+
+        def place(values, top, left):
+            """`values` [b, window_height, window_width, c] at (top, left) of an h x w zero map."""
+            return tf.pad(values, [[0, 0], [top, height - top - window_height],
+                                   [left, width - left - window_width], [0, 0]])
+
+        def add_window(k, total, count):
+            top = tf.minimum(k // columns * self.stride[0], height - window_height)
+            left = tf.minimum(k % columns * self.stride[1], width - window_width)
+            window = images[:, top:top + window_height, left:left + window_width]
+            total += place(self._whole_image_probabilities(window), top, left)
+            count += place(tf.ones([1, window_height, window_width, 1]), top, left)
+            return k + 1, total, count
+
+        # One window at a time (parallel_iterations=1): windows exist to bound memory.
+        _, total, count = tf.while_loop(
+            lambda k, total, count: k < rows * columns, add_window,
+            (tf.constant(0), tf.zeros([batch, height, width, self.num_classes]),
+             tf.zeros([1, height, width, 1])),
+            parallel_iterations=1)
+        return total / count
+
+
+def _window_count(length, window, stride):
+    """Windows of `window` pixels at `stride` needed to cover `length` pixels, the last flush with
+    the end: 1 + ceil((length - window) / stride)."""
+    return 1 + (length - window + stride - 1) // stride
+
+
+def _pair(value, name):
+    """An int or a pair of ints, all positive, as a (height, width) tuple."""
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or any(not isinstance(v, int) or v < 1 for v in pair):
+        raise ValueError(f'{name} must be a positive int or a (height, width) pair, got {value}')
+    return pair
