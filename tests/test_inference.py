@@ -337,3 +337,20 @@ def test_sliding_window_traced_once_and_smaller_images():
 def test_rejects_bad_windows(kwargs):
     with pytest.raises(ValueError, match='window|stride'):
         inference.MultiScalePredictor(TinyNet(), NUM_CLASSES, **kwargs)
+
+
+def test_bfloat16_network_float32_probabilities():
+    """The network in bfloat16 (this CPU runs it natively), the rest in float32: probabilities
+    close to float32's, and the class maps almost equal."""
+    model = FoldedDeepLabV3(_calibrated_deeplab(16))
+    _, image = _photo(97, 130)
+    full = inference.MultiScalePredictor(model, 5, output_stride=16, scales=(0.75, 1.0), flip=True)
+    half = inference.MultiScalePredictor(model, 5, output_stride=16, scales=(0.75, 1.0), flip=True,
+                                         compute_dtype=tf.bfloat16)
+    expected = full.predict_probabilities(image).numpy()
+    probabilities = half.predict_probabilities(image)
+    assert probabilities.dtype == tf.float32
+    difference = np.abs(probabilities.numpy() - expected)
+    assert 0 < difference.max() < 0.1  # it did compute in another precision
+    agreement = np.mean(probabilities.numpy().argmax(-1) == expected.argmax(-1))
+    assert agreement >= 0.97, agreement

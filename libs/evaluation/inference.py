@@ -76,10 +76,13 @@ class MultiScalePredictor:
             are averaged. A window at least as large as the scaled image is the whole image.
         stride: (height, width) or one int, the step between windows; default two thirds of the
             window.
+        compute_dtype: dtype the network computes in (tf.float32, tf.bfloat16 or tf.float16):
+            the canvas is cast to it and the logits back to float32, so upsampling, softmax and
+            the averaging stay float32 whatever the network runs in.
     """
 
     def __init__(self, model, num_classes, output_stride=16, scales=(1.0,), flip=False,
-                 window=None, stride=None):
+                 window=None, stride=None, compute_dtype=tf.float32):
         scales = tuple(float(s) for s in scales)
         if not scales or any(not 0 < s < float('inf') for s in scales):
             raise ValueError(f'scales must be a non-empty list of positive numbers, got {scales}')
@@ -88,6 +91,7 @@ class MultiScalePredictor:
         self.output_stride = output_stride
         self.scales = scales
         self.flip = flip
+        self.compute_dtype = tf.as_dtype(compute_dtype)
         self.window = None if window is None else _pair(window, 'window')
         if self.window is None and stride is not None:
             raise ValueError('a stride needs a window (sliding-window inference)')
@@ -165,8 +169,9 @@ class MultiScalePredictor:
         canvas_width = aligned_length(width, self.output_stride)
         canvas = tf.pad(images, [[0, 0], [0, canvas_height - height],
                                  [0, canvas_width - width], [0, 0]])
-        logits = self.model(canvas, training=False, output_stride=self.output_stride)
-        logits = upsample_logits(logits, [canvas_height, canvas_width])
+        logits = self.model(tf.cast(canvas, self.compute_dtype), training=False,
+                            output_stride=self.output_stride)
+        logits = upsample_logits(tf.cast(logits, tf.float32), [canvas_height, canvas_width])
         return tf.nn.softmax(logits[:, :height, :width], axis=-1)
 
     def _sliding_window_probabilities(self, images):
