@@ -15,9 +15,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from libs.datasets.input_pipeline import MEAN_RGB
+from calibrated import calibrated_deeplab, photo
 from libs.evaluation import inference, serving
-from libs.nets.deeplabv3 import DeepLabV3
 from libs.nets.folding import FoldedDeepLabV3
 
 NUM_CLASSES = 3
@@ -65,12 +64,6 @@ class InputSizes(tf.Module):
 def _image(height, width, seed=0):
     return np.random.default_rng(seed).normal(scale=50.0, size=(height, width, 3)).astype(
         np.float32)
-
-
-def _photo(height, width, seed=0):
-    """Random uint8 pixels [H, W, 3] and the same normalised (mean pixel subtracted), float32."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    return pixels, pixels.astype(np.float32) - np.array(MEAN_RGB, np.float32)
 
 
 def _resize_aligned(x, height, width):
@@ -142,21 +135,6 @@ def _reference(model, image, scales, flip, output_stride, window=None, stride=No
             probabilities = _resize_aligned(probabilities, height, width)
             outputs.append(probabilities[:, ::-1] if mirrored else probabilities)
     return np.mean(outputs, axis=0)
-
-
-def _calibrated_deeplab(output_stride, num_classes=5):
-    """A ResNet-50 DeepLabV3 whose logits are of a trained network's order, so that probabilities
-    are not saturated and comparing them means something: batch-norm statistics from one batch
-    of three 321-pixel photos of varied brightness and contrast (decay 0; ASPP's large rates need
-    large inputs), and the classifier's weights shrunk."""
-    model = DeepLabV3(num_classes=num_classes, depth=50, output_stride=output_stride,
-                      bn_decay=0.0, seed=0)
-    rng = np.random.default_rng(5)
-    batch = [_photo(321, 321, seed=s)[1] * rng.uniform(0.3, 1.0) + rng.uniform(-50, 50)
-             for s in range(3)]
-    model(tf.constant(np.stack(batch), tf.float32), training=True)
-    model.classifier.kernel.assign(model.classifier.kernel * 0.2)
-    return model
 
 
 def test_canvas_sizes():
@@ -254,7 +232,7 @@ SIZES = [(500, 375), (375, 500), (97, 66), (65, 65)]
 def test_deeplab_evaluate_path_and_saved_model_equal_reference(output_stride, tmp_path):
     """DeepLabV3 as evaluate.py runs it (batch norm folded) and as the SavedModel serves it, at one
     scale, on VOC-sized and small odd images, against the reference procedure."""
-    model = _calibrated_deeplab(output_stride)
+    model = calibrated_deeplab(output_stride)
     folded = FoldedDeepLabV3(model)
     predictor = inference.MultiScalePredictor(folded, model.num_classes, output_stride)
     saved_dir = serving.export_saved_model(model, str(tmp_path / 'saved'), [f'c{i}' for i in
@@ -262,7 +240,7 @@ def test_deeplab_evaluate_path_and_saved_model_equal_reference(output_stride, tm
                                            output_stride=output_stride)
     serve = tf.saved_model.load(saved_dir).signatures[serving.SIGNATURE_KEY]
     for k, (height, width) in enumerate(SIZES):
-        pixels, image = _photo(height, width, seed=10 + k)
+        pixels, image = photo(height, width, seed=10 + k)
         expected = _reference_single(folded, image, output_stride)
         # Not saturated: the comparison below is of probabilities, not of ones and zeros.
         assert 0.05 < expected.max(-1).mean() < 0.99
@@ -277,16 +255,16 @@ def test_deeplab_evaluate_path_and_saved_model_equal_reference(output_stride, tm
 
 
 def test_deeplab_multi_scale_flip():
-    model = _calibrated_deeplab(16, num_classes=3)
+    model = calibrated_deeplab(16, num_classes=3)
     scales = (0.75, 1.25)
     predictor = inference.MultiScalePredictor(model, 3, output_stride=16, scales=scales,
                                               flip=True)
-    _, image = _photo(65, 71)
+    _, image = photo(65, 71)
     expected = _reference(model, image, scales, True, 16)
     assert 0.05 < expected.max(-1).mean() < 0.99
     np.testing.assert_allclose(predictor.predict_probabilities(image).numpy(), expected,
                                rtol=0, atol=1e-5)
-    assert predictor.predict(_photo(70, 66)[1]).shape == (70, 66)
+    assert predictor.predict(photo(70, 66)[1]).shape == (70, 66)
     assert predictor.trace_count == 1
 
 
@@ -342,8 +320,8 @@ def test_rejects_bad_windows(kwargs):
 def test_bfloat16_network_float32_probabilities():
     """The network in bfloat16 (this CPU runs it natively), the rest in float32: probabilities
     close to float32's, and the class maps almost equal."""
-    model = FoldedDeepLabV3(_calibrated_deeplab(16))
-    _, image = _photo(97, 130)
+    model = FoldedDeepLabV3(calibrated_deeplab(16))
+    _, image = photo(97, 130)
     full = inference.MultiScalePredictor(model, 5, output_stride=16, scales=(0.75, 1.0), flip=True)
     half = inference.MultiScalePredictor(model, 5, output_stride=16, scales=(0.75, 1.0), flip=True,
                                          compute_dtype=tf.bfloat16)

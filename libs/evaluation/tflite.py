@@ -1,0 +1,156 @@
+"""TFLite export for devices: one fixed canvas, batch 1, float32, float16 or int8 weights.
+
+TFLite needs static shapes and has no image decoding, so unlike the SavedModel (`serving.py`,
+any size, encoded bytes in) the TFLite model takes the image already on its canvas, the same
+canvas the aligned inference uses (`inference.py`): the image at the top left, padded at the
+bottom and right with the mean pixel to S x S, S = OS*k + 1.
+
+Model (one signature, `serving_default`):
+    input   image          float32 [1, S, S, 3], RGB pixels 0..255 (not normalised).
+    output  probabilities  float32 [1, S, S, C]; rows and columns beyond the image are padding.
+
+`TFLitePredictor` does the padding and the crop, so evaluation and tests run a TFLite file
+exactly as the other predictors. Quantization (`quantize`):
+- 'none': float32 weights and activations.
+- 'float16': float16 weights, computed in float32 (half the file).
+- 'int8': int8 weights and activations (post-training quantization, TensorFlow's converter),
+  calibrated on real images; float32 input and output, so the interface does not change.
+"""
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from libs.datasets.input_pipeline import MEAN_RGB, normalize
+from libs.evaluation.inference import aligned_length
+from libs.nets.deeplabv3 import resize_aligned_corners, upsample_logits
+from libs.nets.folding import FoldedDeepLabV3
+from libs.utils.image_io import atomic_output
+
+QUANTIZATIONS = ('none', 'float16', 'int8')
+INPUT_NAME = 'image'
+OUTPUT_NAME = 'probabilities'
+
+
+def check_canvas_size(canvas_size, output_stride):
+    """Refuses a canvas that is not OS*k + 1 (features would not land on their pixels)."""
+    if canvas_size < 1 or aligned_length(canvas_size, output_stride) != canvas_size:
+        raise ValueError(
+            f'canvas size {canvas_size} is not OS*k + 1 for output stride {output_stride}; '
+            f'e.g. {aligned_length(max(canvas_size, 1), output_stride)}')
+
+
+def on_canvas(pixels, canvas_size):
+    """An image [H, W, 3] (0..255) on its S x S canvas, padded with the mean pixel; float32
+    [1, S, S, 3]. Images larger than the canvas are refused (ValueError)."""
+    height, width = pixels.shape[:2]
+    if height > canvas_size or width > canvas_size:
+        raise ValueError(f'image {height}x{width} does not fit the TFLite model\'s '
+                         f'{canvas_size}x{canvas_size} canvas; export with a larger '
+                         '--canvas-size or resize the image')
+    canvas = np.empty((1, canvas_size, canvas_size, 3), np.float32)
+    canvas[:] = np.asarray(MEAN_RGB, np.float32)
+    canvas[0, :height, :width] = pixels
+    return canvas
+
+
+def calibration_canvases(dataset, canvas_size, num_images):
+    """Images for int8 calibration: the first `num_images` of an `eval_dataset` (normalised
+    [H, W, 3]), each shrunk with corners aligned to fit the canvas if larger, on its canvas.
+
+    Yields:
+        [float32 [1, S, S, 3]], as `TFLiteConverter.representative_dataset` takes them.
+    """
+    for example in dataset.take(num_images):
+        pixels = example['image'] + tf.constant(MEAN_RGB, tf.float32)
+        height, width = pixels.shape[:2]
+        factor = min(1.0, (canvas_size - 1) / max(height - 1, width - 1, 1))
+        if factor < 1.0:
+            size = [round((height - 1) * factor) + 1, round((width - 1) * factor) + 1]
+            pixels = resize_aligned_corners(pixels[tf.newaxis], size)[0]
+        yield [on_canvas(pixels.numpy(), canvas_size)]
+
+
+def export_tflite(model, output_path, canvas_size=513, output_stride=16, quantize='none',
+                  representative_dataset=None):
+    """Writes the TFLite model of a trained `DeepLabV3`, batch norm folded.
+
+    Args:
+        model: a trained `DeepLabV3`.
+        output_path: the .tflite file to write (through a temporary name); must not exist.
+        canvas_size: S, OS*k + 1: the largest image side the model takes.
+        output_stride: the output stride the network runs at.
+        quantize: one of `QUANTIZATIONS`.
+        representative_dataset: for 'int8', a callable returning an iterable of
+            [float32 [1, S, S, 3]] (see `calibration_canvases`).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: a bad canvas size or quantization, or int8 without calibration images.
+        FileExistsError: `output_path` exists.
+    """
+    check_canvas_size(canvas_size, output_stride)
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f'quantize must be one of {QUANTIZATIONS}, got {quantize!r}')
+    if quantize == 'int8' and representative_dataset is None:
+        raise ValueError('int8 quantization needs calibration images')
+    if os.path.exists(output_path):
+        raise FileExistsError(f'{output_path} already exists; remove it or choose another path')
+    folded = FoldedDeepLabV3(model)
+
+    @tf.function(input_signature=[tf.TensorSpec([1, canvas_size, canvas_size, 3], tf.float32,
+                                                name=INPUT_NAME)])
+    def serve(image):
+        logits = folded(normalize(image), training=False, output_stride=output_stride)
+        logits = upsample_logits(logits, [canvas_size, canvas_size])
+        return {OUTPUT_NAME: tf.nn.softmax(logits, axis=-1)}
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [serve.get_concrete_function()], folded)
+    if quantize != 'none':
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == 'float16':
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == 'int8':
+        converter.representative_dataset = representative_dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    flatbuffer = converter.convert()
+    directory = os.path.dirname(os.path.abspath(output_path))
+    os.makedirs(directory, exist_ok=True)
+    with atomic_output(output_path, 'wb') as f:
+        f.write(flatbuffer)
+    return output_path
+
+
+class TFLitePredictor:
+    """Predicts one image with a TFLite file of `export_tflite`, like `MultiScalePredictor`.
+
+    Args:
+        path: the .tflite file.
+        num_threads: interpreter threads (XNNPACK runs the convolutions).
+    """
+
+    def __init__(self, path, num_threads=2):
+        from ai_edge_litert.interpreter import Interpreter
+        self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
+        self.interpreter.allocate_tensors()
+        self._input = self.interpreter.get_input_details()[0]
+        self._output = self.interpreter.get_output_details()[0]
+        self.canvas_size = int(self._input['shape'][1])
+        self.num_classes = int(self._output['shape'][-1])
+
+    def predict_probabilities(self, image):
+        """float32 normalised image [H, W, 3] -> float32 probabilities [H, W, C] (NumPy)."""
+        image = np.asarray(image, np.float32)
+        height, width = image.shape[:2]
+        self.interpreter.set_tensor(
+            self._input['index'],
+            on_canvas(image + np.asarray(MEAN_RGB, np.float32), self.canvas_size))
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self._output['index'])[0, :height, :width]
+
+    def predict(self, image):
+        """float32 normalised image [H, W, 3] -> int32 class map [H, W] (a tensor)."""
+        return tf.constant(np.argmax(self.predict_probabilities(image), axis=-1).astype(np.int32))

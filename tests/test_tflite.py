@@ -1,0 +1,156 @@
+"""TFLite export: float32, float16 and int8 files, run in a fresh process that has only the
+LiteRT interpreter and NumPy, against the SavedModel of the same network on the same images."""
+import io
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from calibrated import calibrated_deeplab, photo
+from libs.datasets.input_pipeline import MEAN_RGB
+from libs.evaluation import serving, tflite
+
+CANVAS, OUTPUT_STRIDE = 129, 16
+# Sides whose smallest OS*k + 1 canvas is the TFLite model's: there both see the same padding.
+SIZES = [(129, 129), (120, 128), (114, 125)]
+
+# Runs in a clean process: LiteRT and NumPy only, no TensorFlow, no repo code.
+_CLIENT = textwrap.dedent('''
+    import sys
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    images = np.load(sys.argv[2])
+    interpreter = Interpreter(model_path=sys.argv[1], num_threads=2)
+    interpreter.allocate_tensors()
+    (source,), (target,) = interpreter.get_input_details(), interpreter.get_output_details()
+    mean = np.array([123.68, 116.78, 103.94], np.float32)
+    results = {}
+    for name in images.files:
+        pixels = images[name]
+        canvas = np.empty(source['shape'], np.float32)
+        canvas[:] = mean
+        canvas[0, :pixels.shape[0], :pixels.shape[1]] = pixels
+        interpreter.set_tensor(source['index'], canvas)
+        interpreter.invoke()
+        results[name] = interpreter.get_tensor(target['index'])[0, :pixels.shape[0],
+                                                                 :pixels.shape[1]]
+    assert 'tensorflow' not in sys.modules and 'libs' not in sys.modules
+    np.savez(sys.argv[3], **results)
+''')
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    """One network exported as a SavedModel and as TFLite in each quantization; the SavedModel's
+    probabilities on the test images."""
+    root = tmp_path_factory.mktemp('tflite')
+    model = calibrated_deeplab(OUTPUT_STRIDE)
+    pixels = {f'{h}x{w}': photo(h, w, seed=30 + k)[0] for k, (h, w) in enumerate(SIZES)}
+    np.savez(root / 'images.npz', **pixels)
+
+    def calibration():
+        for k in range(6):
+            yield [tflite.on_canvas(photo(CANVAS, CANVAS, seed=60 + k)[0], CANVAS)]
+
+    paths = {quantize: tflite.export_tflite(
+        model, str(root / f'deeplab_{quantize}.tflite'), CANVAS, OUTPUT_STRIDE, quantize,
+        calibration if quantize == 'int8' else None) for quantize in tflite.QUANTIZATIONS}
+    saved = tf.saved_model.load(serving.export_saved_model(
+        model, str(root / 'saved'), [f'c{i}' for i in range(model.num_classes)],
+        output_stride=OUTPUT_STRIDE)).signatures[serving.SIGNATURE_KEY]
+    expected = {}
+    for name, image in pixels.items():
+        png = io.BytesIO()
+        Image.fromarray(image).save(png, format='PNG')
+        expected[name] = saved(**{serving.INPUT_KEY: tf.constant(png.getvalue())})[
+            'probabilities'].numpy()
+    return root, paths, expected
+
+
+def _run_client(root, path):
+    (root / 'client.py').write_text(_CLIENT)
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    out = root / f'{os.path.basename(path)}.npz'
+    done = subprocess.run([sys.executable, str(root / 'client.py'), path,
+                           str(root / 'images.npz'), str(out)],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(np.load(out))
+
+
+@pytest.mark.parametrize('quantize,min_agreement,max_difference', [
+    ('none', 0.999, 1e-4),    # the same network in float32 (near-ties may flip)
+    ('float16', 0.99, 0.05),  # weights rounded to float16: measured 1.0 and 0.013
+    ('int8', 0.9, 0.3),       # weights and activations in 8 bits: measured 0.93-0.95 and 0.17
+])
+def test_tflite_in_a_fresh_process_agrees_with_the_saved_model(exported, quantize, min_agreement,
+                                                                max_difference):
+    """Class maps agree where the float32 network is clear (top two probabilities 0.1 apart):
+    this random network's classes are close (top probability ~0.5; a third of the pixels are
+    clear), so that quantization flips near-ties that a trained network has few of."""
+    root, paths, expected = exported
+    results = _run_client(root, paths[quantize])
+    for name, probabilities in results.items():
+        top_two = np.sort(expected[name], axis=-1)[..., -2:]
+        clear = top_two[..., 1] - top_two[..., 0] > 0.1
+        assert clear.mean() > 0.2, clear.mean()
+        same = probabilities.argmax(-1) == expected[name].argmax(-1)
+        agreement = same[clear].mean()
+        difference = np.abs(probabilities - expected[name]).max()
+        assert agreement >= min_agreement, (quantize, name, agreement)
+        assert difference <= max_difference, (quantize, name, difference)
+        if quantize != 'none':
+            assert difference > 1e-6  # it is quantized: not the float32 file again
+    sizes = {q: os.path.getsize(p) for q, p in paths.items()}
+    assert sizes['float16'] < 0.6 * sizes['none'] and sizes['int8'] < 0.35 * sizes['none']
+
+
+def test_predictor_pads_to_the_canvas_and_crops(exported):
+    root, paths, expected = exported
+    predictor = tflite.TFLitePredictor(paths['none'])
+    assert predictor.canvas_size == CANVAS
+    for name, probabilities in expected.items():
+        height, width = (int(v) for v in name.split('x'))
+        image = photo(height, width, seed=30 + SIZES.index((height, width)))[1]
+        np.testing.assert_allclose(predictor.predict_probabilities(image), probabilities,
+                                   rtol=0, atol=1e-4)
+        assert predictor.predict(image).shape == (height, width)
+    with pytest.raises(ValueError, match='does not fit'):
+        predictor.predict(np.zeros((CANVAS + 1, 10, 3), np.float32))
+
+
+def test_refusals(tmp_path):
+    model = calibrated_deeplab(OUTPUT_STRIDE)
+    with pytest.raises(ValueError, match='OS\\*k \\+ 1'):
+        tflite.export_tflite(model, str(tmp_path / 'a.tflite'), 128, OUTPUT_STRIDE)
+    with pytest.raises(ValueError, match='calibration'):
+        tflite.export_tflite(model, str(tmp_path / 'a.tflite'), CANVAS, OUTPUT_STRIDE, 'int8')
+    with pytest.raises(ValueError, match='quantize'):
+        tflite.export_tflite(model, str(tmp_path / 'a.tflite'), CANVAS, OUTPUT_STRIDE, 'int4')
+    (tmp_path / 'b.tflite').write_bytes(b'keep me')
+    with pytest.raises(FileExistsError):
+        tflite.export_tflite(model, str(tmp_path / 'b.tflite'), CANVAS, OUTPUT_STRIDE)
+    assert (tmp_path / 'b.tflite').read_bytes() == b'keep me'
+    assert sorted(os.listdir(tmp_path)) == ['b.tflite']  # nothing half-written left
+
+
+def test_calibration_canvases_shrink_large_images():
+    images = [np.full((200, 150, 3), 10.0, np.float32), np.full((50, 60, 3), -5.0, np.float32)]
+    dataset = tf.data.Dataset.from_tensor_slices({'image': tf.constant(images[:1])}).concatenate(
+        tf.data.Dataset.from_tensor_slices({'image': tf.constant(images[1:2])}))
+    canvases = [c[0] for c in tflite.calibration_canvases(dataset, CANVAS, 5)]
+    assert len(canvases) == 2 and all(c.shape == (1, CANVAS, CANVAS, 3) for c in canvases)
+    mean = np.array(MEAN_RGB, np.float32)
+    # 200 x 150 -> 129 x 97 (corners aligned: 199 * 128/199 + 1, 149 * 128/199 + 1), mean beyond.
+    np.testing.assert_allclose(canvases[0][0, :, :97], np.broadcast_to(10.0 + mean, (129, 97, 3)),
+                               atol=1e-4)
+    np.testing.assert_allclose(canvases[0][0, :, 97:], np.broadcast_to(mean, (129, 32, 3)))
+    np.testing.assert_allclose(canvases[1][0, :50, :60], np.broadcast_to(-5.0 + mean, (50, 60, 3)),
+                               atol=1e-4)
+    np.testing.assert_allclose(canvases[1][0, 50:], np.broadcast_to(mean, (79, 129, 3)))
