@@ -164,20 +164,26 @@ class BatchNorm(tf.Module):
     def _batch_moments(self, inputs):
         """Mean and (biased) variance per channel over batch and space, in float32.
 
+        Synchronised, the variance is the all-reduced sum of squared deviations from the global
+        mean, not E[x^2] - E[x]^2: with float32 activations whose mean is large against their
+        spread, the two terms of the latter cancel and leave mostly rounding error.
+
+        Args:
+            inputs: [B, H, W, C], this replica's share of the batch.
         Returns:
-            (mean [C], variance [C]); all-reduced across replicas when `sync` is on.
+            (mean [C], variance [C]), over every replica's share when `sync` is on.
         """
         x = tf.cast(inputs, tf.float32)
         if not self._synchronised():
             return tf.nn.moments(x, axes=[0, 1, 2])
         replica = tf.distribute.get_replica_context()
         count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
-        total, total_sq, count = replica.all_reduce(
-            tf.distribute.ReduceOp.SUM,
-            [tf.reduce_sum(x, axis=[0, 1, 2]), tf.reduce_sum(tf.square(x), axis=[0, 1, 2]),
-             count])
+        total, count = replica.all_reduce(tf.distribute.ReduceOp.SUM,
+                                          [tf.reduce_sum(x, axis=[0, 1, 2]), count])
         mean = total / count
-        return mean, tf.maximum(total_sq / count - tf.square(mean), 0.0)
+        squared_deviations = replica.all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.square(x - mean), axis=[0, 1, 2]))
+        return mean, squared_deviations / count
 
 
 def _op_determinism_enabled():
