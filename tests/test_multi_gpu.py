@@ -156,7 +156,7 @@ def test_train_multi_gpu_with_sync_bn_takes_the_step_of_train_py(records, tmp_pa
 
 def test_train_multi_gpu_on_cpu_devices_checkpoints_logs_once_and_resumes(records, tmp_path):
     run_dir = str(tmp_path / 'run')
-    # Synchronised batch norm is checked in-process above; this run turns it off.
+    # Synchronised batch norm (the default) is checked above; this run covers --no-sync-bn.
     command = [os.path.join(ROOT, 'train_multi_gpu.py'), '--cpu-devices', '2', '--no-sync-bn',
                '--data-dir', records, '--split-name', 'train', '--num-layers', '50',
                '--batch-size', '4', '--input-size', '33', '--num-steps', '2', '--log-every', '1',
