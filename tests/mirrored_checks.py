@@ -1,8 +1,8 @@
 """Run by tests/test_multi_gpu.py in a fresh process (the CPU must be split into logical devices
-before TensorFlow initialises them): one device vs MirroredStrategy on 2 logical CPU devices, the
-same model, the same fixed batch of 4 images.
+before TensorFlow initialises them): one device vs MirroredStrategy on 2 logical CPU devices.
 
-Prints one JSON line with what the test asserts on:
+`python3 tests/mirrored_checks.py step`: the same model, the same fixed batch of 4 images; prints
+one JSON line with what the test asserts on:
 - `weights`: the difference of the one-step weight updates (mirrored vs one device), as the norm
   of the difference over the norm of one device's update, over all trainable variables;
   `weights_max`: the largest difference relative to the largest update;
@@ -13,6 +13,18 @@ Prints one JSON line with what the test asserts on:
 - `moving_change`: the largest change of a moving statistic in that step (so the checks above
   compare something that moved);
 - `losses`: the mirrored model's loss over further steps on the same batch.
+
+`python3 tests/mirrored_checks.py batch_norm`: one synchronised `BatchNorm` on activations of mean
+1e3 and spread ~1, half of the batch per replica; prints one JSON line (relative errors are the
+largest over the channels):
+- `variance_error`: largest relative error of the synchronised batch variance (read from the
+  moving variance, decay 0) against `tf.nn.moments` of the whole batch in float64 on one device;
+- `mean_error`: the same for the batch mean;
+- `naive_variance_error`: the same for E[x^2] - E[x]^2 from float32 sums over the two halves;
+- `local_variance_gap`: how far each half's own variance is from the whole batch's (so the check
+  sees statistics that were really synchronised);
+- `output_error`, `gradient_error`: largest absolute error of the normalised outputs and of the
+  input gradient of sum(outputs * upstream), against the float64 reference.
 """
 import json
 import os
@@ -25,12 +37,13 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import config as config_lib  # noqa: E402
-from libs.nets.layers import BatchNorm  # noqa: E402
+from libs.nets.layers import BN_EPSILON, BatchNorm  # noqa: E402
 from libs.runs import checkpoints  # noqa: E402
 from libs.training.mirrored import mirrored_strategy  # noqa: E402
 from libs.training.step import build_optimizer, build_train_step  # noqa: E402
 
 BATCH, SIZE, FURTHER_STEPS = 4, 33, 5
+BN_SHAPE, BN_MEAN = (4, 33, 33, 8), 1e3
 
 
 def fixed_batch():
@@ -86,7 +99,7 @@ def updates(model, initial):
     return [v.numpy() - w for v, w in zip(model.trainable_variables, initial)]
 
 
-def main():
+def step_check():
     strategy = mirrored_strategy(cpu_devices=2)
     default = tf.distribute.get_strategy()
     config = config_lib.TrainConfig(num_layers=50, batch_size=BATCH, input_size=SIZE,
@@ -121,5 +134,82 @@ def main():
     }))
 
 
+def batch_norm_inputs():
+    """Channel c: 1000 + c / 2 + N(0, 0.5 + c / 8); the second half of the batch is shifted by 0.5
+    (c + 1) / 8, so each replica's own statistics are not the global ones."""
+    rng = np.random.default_rng(0)
+    channels = BN_SHAPE[-1]
+    scale = 0.5 + np.arange(channels) / 8.0
+    inputs = BN_MEAN + np.arange(channels) / 2.0 + rng.normal(size=BN_SHAPE) * scale
+    inputs[BN_SHAPE[0] // 2:] += 0.5 * (np.arange(channels) + 1) / 8.0
+    return inputs.astype(np.float32), rng.normal(size=BN_SHAPE).astype(np.float32)
+
+
+def relative_error(got, want):
+    """The largest element-wise |got - want| / |want|."""
+    return float(np.max(np.abs(np.asarray(got, np.float64) - want) / np.abs(want)))
+
+
+def batch_norm_check():
+    strategy = mirrored_strategy(cpu_devices=2)
+    inputs, upstream = batch_norm_inputs()
+    channels = BN_SHAPE[-1]
+    with strategy.scope():
+        bn = BatchNorm('sync', channels, decay=0.0, sync=True)
+
+    def replica_fn(x, dy):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = bn(x, training=True)
+            loss = tf.reduce_sum(y * dy)
+        return y, tape.gradient(loss, x)
+
+    def halves(array):
+        parts = np.split(array, 2)
+        return strategy.experimental_distribute_values_from_function(
+            lambda context: tf.constant(parts[context.replica_id_in_sync_group]))
+
+    outputs, gradients = tf.function(lambda x, dy: strategy.run(replica_fn, args=(x, dy)))(
+        halves(inputs), halves(upstream))
+    outputs = np.concatenate([np.asarray(o) for o in strategy.experimental_local_results(outputs)])
+    gradients = np.concatenate([np.asarray(g)
+                                for g in strategy.experimental_local_results(gradients)])
+
+    x64, dy64 = tf.constant(inputs, tf.float64), tf.constant(upstream, tf.float64)
+    with tf.GradientTape() as tape:
+        tape.watch(x64)
+        mean, variance = tf.nn.moments(x64, axes=[0, 1, 2])
+        reference = (x64 - mean) / tf.sqrt(variance + BN_EPSILON)
+        loss = tf.reduce_sum(reference * dy64)
+    reference_gradient = tape.gradient(loss, x64).numpy()
+    mean, variance = mean.numpy(), variance.numpy()
+
+    # The former formula: float32 sums of x and x^2 per half, added as the all-reduce adds them.
+    count = float(np.prod(BN_SHAPE[:3]))
+    sums = [tf.reduce_sum(part, axis=[0, 1, 2]) for part in np.split(inputs, 2)]
+    squares = [tf.reduce_sum(tf.square(part), axis=[0, 1, 2]) for part in np.split(inputs, 2)]
+    naive_mean = (sums[0] + sums[1]) / count
+    naive_variance = (squares[0] + squares[1]) / count - tf.square(naive_mean)
+
+    local_variances = [np.var(part.astype(np.float64), axis=(0, 1, 2))
+                       for part in np.split(inputs, 2)]
+    moving_means = [np.asarray(v) for v in strategy.experimental_local_results(bn.moving_mean)]
+    moving_variances = [np.asarray(v)
+                        for v in strategy.experimental_local_results(bn.moving_variance)]
+    print(json.dumps({
+        'replicas': strategy.num_replicas_in_sync,
+        'mean_error': max(relative_error(m, mean) for m in moving_means),
+        'variance_error': max(relative_error(v, variance) for v in moving_variances),
+        'naive_variance_error': relative_error(naive_variance.numpy(), variance),
+        'local_variance_gap': min(relative_error(v, variance) for v in local_variances),
+        'output_error': float(np.max(np.abs(outputs - reference.numpy()))),
+        'gradient_error': float(np.max(np.abs(gradients - reference_gradient))),
+        'gradient_scale': float(np.max(np.abs(reference_gradient))),
+    }))
+
+
 if __name__ == '__main__':
-    main()
+    checks = {'step': step_check, 'batch_norm': batch_norm_check}
+    if len(sys.argv) != 2 or sys.argv[1] not in checks:
+        sys.exit(f'usage: {sys.argv[0]} {"|".join(checks)}')
+    checks[sys.argv[1]]()

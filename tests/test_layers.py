@@ -1,10 +1,50 @@
-"""Batch norm in training mode, fused or not, against the textbook formula."""
+"""Slim's initialiser by its distribution; batch norm in training mode, fused or not, against the
+textbook formula."""
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from libs.nets import layers
-from libs.nets.layers import BN_EPSILON, BatchNorm
+from libs.nets.layers import BN_EPSILON, BatchNorm, slim_variance_scaling
+
+KERNEL = [3, 3, 256, 512]  # 1.2M weights: the sample std is then known to ~0.1%.
+
+
+def truncated_unit_normal_std():
+    """The standard deviation of N(0, 1) truncated to (-2, 2): sqrt(1 - 2 * 2 phi(2) / Z)."""
+    density = math.exp(-2.0) / math.sqrt(2.0 * math.pi)
+    mass = math.erf(2.0 / math.sqrt(2.0))
+    return math.sqrt(1.0 - 4.0 * density / mass)
+
+
+def test_slim_variance_scaling_is_a_resampled_truncated_normal():
+    """slim's truncated_normal(0, sqrt(1.3 * 2 / fan_in)): nothing at or beyond 2 stddev, no pile of
+    values at the bound (a clipped normal puts 4.6% there), and the truncated normal's std."""
+    weights = slim_variance_scaling(KERNEL, np.random.default_rng(0)).astype(np.float64)
+    stddev = math.sqrt(1.3 * 2.0 / (3 * 3 * 256))
+    assert weights.shape == tuple(KERNEL)
+    largest = np.max(np.abs(weights))
+    assert largest < 2.0 * stddev
+    assert largest > 1.99 * stddev  # the tail is there, not cut short
+    at_the_bound = np.mean(np.abs(weights) > largest * (1 - 1e-6))
+    assert at_the_bound < 1e-5, at_the_bound
+    # 0.8796 x the parameter: 1.003 x He's sqrt(2 / fan_in). Clipping gave 1.09x.
+    assert np.std(weights) == pytest.approx(stddev * truncated_unit_normal_std(), rel=0.005)
+    assert abs(np.mean(weights)) < 0.005 * stddev
+    # Within one stddev: (Phi(1) - Phi(-1)) / (Phi(2) - Phi(-2)) of the mass.
+    inner = math.erf(1.0 / math.sqrt(2.0)) / math.erf(2.0 / math.sqrt(2.0))
+    assert np.mean(np.abs(weights) < stddev) == pytest.approx(inner, abs=0.002)
+
+
+def test_slim_variance_scaling_is_reproducible_from_the_generator():
+    first = slim_variance_scaling(KERNEL, np.random.default_rng(5))
+    again = slim_variance_scaling(KERNEL, np.random.default_rng(5))
+    other = slim_variance_scaling(KERNEL, np.random.default_rng(6))
+    assert first.dtype == np.float32
+    assert np.array_equal(first, again)
+    assert abs(np.corrcoef(first.ravel(), other.ravel())[0, 1]) < 0.01  # independent draws
 
 
 def reference(inputs, gamma, beta, moving_mean, moving_variance, decay):

@@ -1,5 +1,6 @@
-"""ImageNet import: a checkpoint with TF-slim's resnet_v1_50 names loads completely, by value, and
-every checkpoint that does not fit is refused without touching the model."""
+"""ImageNet import: checkpoints with the exact variable list of TF-slim's public resnet_v1_{50,101,152}
+files load completely, by value, and every checkpoint that does not fit is refused without touching
+the model."""
 import os
 import subprocess
 import sys
@@ -10,41 +11,81 @@ import pytest
 import tensorflow as tf
 
 from libs.nets.deeplabv3 import DeepLabV3
-from libs.nets.pretrained import LOGITS_REASON, load_slim_backbone
+from libs.nets.pretrained import LOGITS_REASON, MEAN_RGB_REASON, load_slim_backbone
 from libs.nets.resnet_v1 import ResNetV1
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAST_WEIGHTS = 'resnet_v1_50/block4/unit_3/bottleneck_v1/conv3/weights'
+# slim's nets/resnet_v1.py: resnet_v1_block(scope, base_depth, num_units) for each depth.
+SLIM_UNITS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+SLIM_BASE_DEPTHS = (64, 128, 256, 512)
 
 
-def slim_resnet_v1_50_shapes():
-    """Names and shapes of slim's `resnet_v1_50` backbone, written from slim's spec, not our model:
-    units per block 3/4/6/3, bottleneck depths 64/128/256/512 (output 4x), a shortcut conv in each
-    block's first unit only, conv1 7x7x3x64; every conv has weights and BatchNorm, no biases."""
-    shapes = {}
+def slim_resnet_v1_checkpoint(depth):
+    """{name: (shape, dtype)} of the public `resnet_v1_<depth>_2016_08_28` checkpoint, written from
+    slim's `resnet_v1.py` and `resnet_utils.py`, not from our model.
 
-    def conv(scope, kernel, cin, cout):
-        shapes[f'{scope}/weights'] = (kernel, kernel, cin, cout)
-        for name in ('beta', 'gamma', 'moving_mean', 'moving_variance'):
-            shapes[f'{scope}/BatchNorm/{name}'] = (cout,)
+    Root: `conv2d_same(64, 7, scope='conv1')`. Each block's units are `bottleneck` with depth
+    4 x base_depth; a unit has a `shortcut` 1x1 conv only where its input depth differs from its
+    output depth (else an identity or max-pool subsample, no variables), then conv1 1x1, conv2 3x3,
+    conv3 1x1. `resnet_arg_scope` gives every conv `normalizer_fn=batch_norm` with scale=True, so
+    `weights` and `BatchNorm/{beta, gamma, moving_mean, moving_variance}`, and no `biases`. The
+    classifier `logits` is a 1x1 conv with biases and no batch norm. Beside the network the files
+    hold `global_step` (int64 scalar) and `resnet_v1_<depth>/mean_rgb` (float32 [3]), as loaders
+    written for them show (they set aside exactly those two and the logits); no optimizer slots.
+    """
+    scope = f'resnet_v1_{depth}'
+    tensors = {}
 
-    conv('resnet_v1_50/conv1', 7, 3, 64)
-    cin = 64
-    for block, (units, depth) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512)), start=1):
+    def conv(name, kernel, cin, cout):
+        tensors[f'{name}/weights'] = ((kernel, kernel, cin, cout), tf.float32)
+        for variable in ('beta', 'gamma', 'moving_mean', 'moving_variance'):
+            tensors[f'{name}/BatchNorm/{variable}'] = ((cout,), tf.float32)
+
+    conv(f'{scope}/conv1', 7, 3, 64)
+    depth_in = 64
+    for block, (units, base) in enumerate(zip(SLIM_UNITS[depth], SLIM_BASE_DEPTHS), start=1):
         for unit in range(1, units + 1):
-            scope = f'resnet_v1_50/block{block}/unit_{unit}/bottleneck_v1'
-            if unit == 1:
-                conv(f'{scope}/shortcut', 1, cin, 4 * depth)
-            conv(f'{scope}/conv1', 1, cin, depth)
-            conv(f'{scope}/conv2', 3, depth, depth)
-            conv(f'{scope}/conv3', 1, depth, 4 * depth)
-            cin = 4 * depth
-    return shapes
+            unit_scope = f'{scope}/block{block}/unit_{unit}/bottleneck_v1'
+            if depth_in != 4 * base:
+                conv(f'{unit_scope}/shortcut', 1, depth_in, 4 * base)
+            conv(f'{unit_scope}/conv1', 1, depth_in, base)
+            conv(f'{unit_scope}/conv2', 3, base, base)
+            conv(f'{unit_scope}/conv3', 1, base, 4 * base)
+            depth_in = 4 * base
+    tensors.update(slim_extras(depth))
+    return tensors
 
 
-BACKBONE = slim_resnet_v1_50_shapes()
-EXTRAS = {'resnet_v1_50/logits/weights': (1, 1, 2048, 1000), 'resnet_v1_50/logits/biases': (1000,),
-          'global_step': ()}
+def slim_extras(depth):
+    """The tensors of the public checkpoint that are not backbone variables."""
+    scope = f'resnet_v1_{depth}'
+    return {'global_step': ((), tf.int64), f'{scope}/mean_rgb': ((3,), tf.float32),
+            f'{scope}/logits/weights': ((1, 1, 2048, 1000), tf.float32),
+            f'{scope}/logits/biases': ((1000,), tf.float32)}
+
+
+def slim_values(depth, seed=0):
+    """Seeded values for the whole checkpoint; moving variances are positive, mean_rgb is
+    slim's ImageNet mean."""
+    rng = np.random.default_rng(seed)
+    values = {}
+    for name, (shape, dtype) in slim_resnet_v1_checkpoint(depth).items():
+        if name == 'global_step':
+            values[name] = np.int64(1_000_000)
+        elif name.endswith('/mean_rgb'):
+            values[name] = np.array([123.68, 116.78, 103.94], np.float32)
+        else:
+            values[name] = rng.standard_normal(shape, dtype=np.float32)
+        if name.endswith('moving_variance'):
+            values[name] = np.abs(values[name]) + 0.5
+        assert values[name].dtype == dtype.as_numpy_dtype and values[name].shape == shape
+    return values
+
+
+BACKBONE = {name: shape for name, (shape, _) in slim_resnet_v1_checkpoint(50).items()
+            if name not in slim_extras(50)}
+EXTRAS = slim_extras(50)
 
 
 def write_checkpoint(prefix, tensors, v1=True):
@@ -61,15 +102,8 @@ def write_checkpoint(prefix, tensors, v1=True):
 
 @pytest.fixture(scope='module')
 def slim_tensors():
-    """Seeded values for the whole slim resnet_v1_50 file; moving variances are positive."""
-    rng = np.random.default_rng(0)
-    tensors = {name: rng.standard_normal(shape, dtype=np.float32)
-               for name, shape in {**BACKBONE, **EXTRAS}.items() if name != 'global_step'}
-    for name in tensors:
-        if name.endswith('moving_variance'):
-            tensors[name] = np.abs(tensors[name]) + 0.5
-    tensors['global_step'] = np.int64(1_000_000)
-    return tensors
+    """The values of the whole slim resnet_v1_50 file."""
+    return slim_values(50)
 
 
 @pytest.fixture(scope='module')
@@ -100,34 +134,63 @@ def assert_unchanged(module, before):
         assert np.array_equal(after[name], before[name]), name
 
 
-def test_slim_spec_has_265_backbone_tensors():
-    assert len(BACKBONE) == 53 * 5 == 265
-    shortcut = 'resnet_v1_50/block3/unit_1/bottleneck_v1/shortcut/weights'
-    assert BACKBONE[shortcut] == (1, 1, 512, 1024)
+# Parameters of ResNet-v1 50/101/152 with the 1000-class classifier, as torchvision publishes them
+# (the same convolutions, batch-norm scale and offset, no conv biases): 25,557,032, 44,549,160,
+# 60,192,808.
+PUBLISHED_PARAMETERS = {50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
 
 
-def test_every_backbone_value_arrives(slim_checkpoint, slim_tensors):
-    model = DeepLabV3(num_classes=21, depth=50, seed=0)
+@pytest.mark.parametrize('depth,convs', [(50, 53), (101, 104), (152, 155)])
+def test_slim_spec_matches_the_published_networks(depth, convs):
+    """1 root conv, 3 per unit, 4 shortcuts; with the classifier, the published parameter count
+    (the moving statistics and the extras are not parameters)."""
+    tensors = slim_resnet_v1_checkpoint(depth)
+    assert len(tensors) == 5 * convs + 4
+    scope = f'resnet_v1_{depth}'
+    shortcuts = sorted(n for n in tensors if '/shortcut/weights' in n)
+    assert shortcuts == [f'{scope}/block{b}/unit_1/bottleneck_v1/shortcut/weights'
+                         for b in (1, 2, 3, 4)]
+    assert tensors[f'{scope}/block3/unit_1/bottleneck_v1/shortcut/weights'][0] == (1, 1, 512, 1024)
+    assert not [n for n in tensors if n.endswith('/biases') and '/logits/' not in n]
+    parameters = sum(int(np.prod(shape)) for name, (shape, _) in tensors.items()
+                     if not name.endswith(('moving_mean', 'moving_variance', 'mean_rgb'))
+                     and name != 'global_step')
+    assert parameters == PUBLISHED_PARAMETERS[depth]
+
+
+@pytest.mark.parametrize('depth', [50, 101, 152])
+def test_every_backbone_value_arrives_from_slim_variable_list(depth, tmp_path):
+    """The exact variable list of slim's public file, extras included, loads: every backbone
+    variable takes the checkpoint's value, the head keeps its own, and the report lists what was
+    left out and why."""
+    scope = f'resnet_v1_{depth}'
+    values = slim_values(depth)
+    path = write_checkpoint(str(tmp_path / f'{scope}.ckpt'), values)
+    model = DeepLabV3(num_classes=21, depth=depth, seed=0)
     head_before = {v.name: v.numpy().copy() for v in model.variables
-                   if not v.name.startswith('resnet_v1_50/')}
+                   if not v.name.startswith(f'{scope}/')}
     assert len(head_before) == 6 * 5 + 2  # 6 ASPP convs with batch norm; logits weights, biases.
 
-    report = load_slim_backbone(model.backbone, slim_checkpoint)
+    report = load_slim_backbone(model.backbone, path)
 
+    extras = slim_extras(depth)
+    backbone = sorted(set(values) - set(extras))
     variables = {v.name[:-2]: v for v in model.backbone.variables}
-    assert variables.keys() == BACKBONE.keys()
-    for name in BACKBONE:
-        assert np.array_equal(variables[name].numpy(), slim_tensors[name]), name
-    assert report.loaded == 265
-    assert report.left_out_names == sorted(EXTRAS)
+    assert sorted(variables) == backbone
+    for name in backbone:
+        assert np.array_equal(variables[name].numpy(), values[name]), name
+    assert report.loaded == len(backbone)
+    assert report.left_out_names == sorted(extras)
     reasons = {g.pattern: g.reason for g in report.left_out}
-    assert reasons == {'resnet_v1_50/logits/*': LOGITS_REASON, 'global_step': 'training state'}
+    assert reasons == {f'{scope}/logits/*': LOGITS_REASON, 'global_step': 'training state',
+                       f'{scope}/mean_rgb': MEAN_RGB_REASON}
     summary = report.summary()
-    for text in ('265', 'resnet_v1_50/logits/*', 'ImageNet classifier', 'global_step',
-                 'training state'):
-        assert text in summary
+    for text in (f'Loaded {len(backbone)} {scope} variables', 'Left out 4 checkpoint tensors',
+                 f'{scope}/logits/* (2): the 1000-class ImageNet classifier',
+                 'global_step (1): training state', f'{scope}/mean_rgb (1): the RGB mean'):
+        assert text in summary, summary
     head_after = {v.name: v.numpy() for v in model.variables
-                  if not v.name.startswith('resnet_v1_50/')}
+                  if not v.name.startswith(f'{scope}/')}
     for name, value in head_before.items():
         assert np.array_equal(head_after[name], value), name
 

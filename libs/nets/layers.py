@@ -10,18 +10,29 @@ import tensorflow as tf
 BN_EPSILON = 1e-5  # slim's resnet_arg_scope.
 
 
-def he_normal(shape, rng):
-    """Truncated-normal He initialisation (slim's variance_scaling_initializer, factor 2, FAN_IN).
+def slim_variance_scaling(shape, rng):
+    """TF-slim's `variance_scaling_initializer()` (factor 2, FAN_IN, not uniform), as resnet_v1 uses.
+
+    He et al.'s initialisation ("Delving Deep into Rectifiers", 2015, section 2.2) as slim's
+    `resnet_arg_scope` draws it: `truncated_normal(shape, 0, sqrt(1.3 * 2 / fan_in))` with
+    `fan_in = prod(shape[:-2]) * shape[-2]`. Values beyond two standard deviations are drawn again,
+    not clipped, so the weights have no mass piled up at the bounds; the truncation shrinks the
+    standard deviation by 0.8796, which the 1.3 in the variance compensates (to 1.003x
+    sqrt(2 / fan_in)).
 
     Args:
         shape: kernel shape [k, k, in, out].
         rng: a `np.random.Generator`, so a seed reproduces the whole network.
+    Returns:
+        float32 array of `shape`.
     """
     fan_in = int(np.prod(shape[:-1]))
-    # 0.8796 is the stddev of a unit normal truncated at two standard deviations.
-    stddev = np.sqrt(2.0 / fan_in) / 0.87962566103423978
+    stddev = np.sqrt(1.3 * 2.0 / fan_in)
     values = rng.standard_normal(size=shape)
-    values = np.clip(values, -2.0, 2.0)
+    outside = np.abs(values) >= 2.0
+    while outside.any():
+        values[outside] = rng.standard_normal(size=int(outside.sum()))
+        outside = np.abs(values) >= 2.0
     return (values * stddev).astype(np.float32)
 
 
@@ -55,7 +66,7 @@ class Conv2D(tf.Module):
         self.scope = scope
         self.kernel_size = kernel_size
         self.kernel = tf.Variable(
-            he_normal([kernel_size, kernel_size, in_channels, out_channels], rng),
+            slim_variance_scaling([kernel_size, kernel_size, in_channels, out_channels], rng),
             name=f'{scope}/weights')
         self.bias = (tf.Variable(tf.zeros([out_channels]), name=f'{scope}/biases')
                      if use_bias else None)
@@ -153,20 +164,26 @@ class BatchNorm(tf.Module):
     def _batch_moments(self, inputs):
         """Mean and (biased) variance per channel over batch and space, in float32.
 
+        Synchronised, the variance is the all-reduced sum of squared deviations from the global
+        mean, not E[x^2] - E[x]^2: with float32 activations whose mean is large against their
+        spread, the two terms of the latter cancel and leave mostly rounding error.
+
+        Args:
+            inputs: [B, H, W, C], this replica's share of the batch.
         Returns:
-            (mean [C], variance [C]); all-reduced across replicas when `sync` is on.
+            (mean [C], variance [C]), over every replica's share when `sync` is on.
         """
         x = tf.cast(inputs, tf.float32)
         if not self._synchronised():
             return tf.nn.moments(x, axes=[0, 1, 2])
         replica = tf.distribute.get_replica_context()
         count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
-        total, total_sq, count = replica.all_reduce(
-            tf.distribute.ReduceOp.SUM,
-            [tf.reduce_sum(x, axis=[0, 1, 2]), tf.reduce_sum(tf.square(x), axis=[0, 1, 2]),
-             count])
+        total, count = replica.all_reduce(tf.distribute.ReduceOp.SUM,
+                                          [tf.reduce_sum(x, axis=[0, 1, 2]), count])
         mean = total / count
-        return mean, tf.maximum(total_sq / count - tf.square(mean), 0.0)
+        squared_deviations = replica.all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.square(x - mean), axis=[0, 1, 2]))
+        return mean, squared_deviations / count
 
 
 def _op_determinism_enabled():

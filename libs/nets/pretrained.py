@@ -9,7 +9,10 @@ unpack to one name-based TF1 checkpoint file (`resnet_v1_101.ckpt`). The user do
 it and passes its path; this code never fetches anything.
 
 The backbone names its variables exactly like slim (see `layers.py`), so every convolution kernel
-and every batch-norm gamma, beta, moving mean and moving variance is loaded by name. Loading is all
+and every batch-norm gamma, beta, moving mean and moving variance is loaded by name. What else the
+public files hold (`global_step`, `resnet_v1_<depth>/mean_rgb`, the 1000-class
+`resnet_v1_<depth>/logits/{weights, biases}`) is left out and listed in the report; any other
+tensor under `resnet_v1_<depth>/` means another network layout and is refused. Loading is all
 or nothing: every check runs before the first variable is assigned, and a checkpoint that does not
 fit is refused with a `ValueError` that says why.
 """
@@ -20,6 +23,9 @@ import re
 import tensorflow as tf
 
 LOGITS_REASON = 'the 1000-class ImageNet classifier, not part of DeepLabV3'
+# slim's resnet_v1 checkpoints keep the RGB mean their ImageNet training subtracted, [3] float32.
+MEAN_RGB_REASON = ('the RGB mean stored beside the ImageNet weights; the input pipeline subtracts '
+                   'its own (slim\'s preprocessing mean)')
 TRAINING_STATE = ('global_step', 'beta1_power', 'beta2_power')
 # Slots that TF1 optimizers and tf.train.ExponentialMovingAverage add under each variable's name.
 SLOT_SUFFIXES = ('Momentum', 'ExponentialMovingAverage', 'Adam', 'Adam_1', 'RMSProp', 'RMSProp_1',
@@ -193,6 +199,8 @@ def _left_out_group(name, scope):
         return name, 'training state'
     if name.startswith(f'{scope}/logits/'):
         return f'{scope}/logits/*', LOGITS_REASON
+    if name == f'{scope}/mean_rgb':
+        return name, MEAN_RGB_REASON
     if name.startswith(f'{scope}/'):
         return None
     top = name.split('/')[0]
