@@ -131,6 +131,11 @@ def make_deterministic():
             'TensorFlow in this process') from None
 
 
+def _steps(first, last):
+    """'step 5', or 'one of steps 3-5' when a range is all that is known."""
+    return f'step {last}' if first == last else f'one of steps {first}-{last}'
+
+
 def _crossed(previous, current, every):
     """Whether a multiple of `every` lies in (previous, current]."""
     return current // every > previous // every
@@ -250,10 +255,8 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
             loss_value = float(loss)
             if not math.isfinite(loss_value):
                 # Asynchronous steps are applied in no fixed order: name the range.
-                where = (f'step {current}' if coordinator is None else
-                         f'one of steps {previous + 1}-{current}')
                 raise TrainingDiverged(
-                    f'loss is {loss_value} at {where}; stopped without saving. The last good '
+                    f'loss is {loss_value} at {_steps(previous + 1, current)}; stopped without saving. The last good '
                     f'checkpoint is {manager.latest_checkpoint}')
             confusion_sum += np.asarray(confusion, np.int64)
         timer.count(current - previous)
@@ -268,8 +271,8 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
         if _crossed(previous, current, config.save_pred_every) or current >= config.num_steps:
             if not _all_finite(model.variables):
                 raise TrainingDiverged(
-                    f'weights became NaN or Inf at one of steps {finite_step + 1}-{current} '
-                    f'(they are checked before each save); stopped without saving. The last '
+                    f'weights became NaN or Inf at {_steps(finite_step + 1, current)} (they '
+                    f'are checked before each save); stopped without saving. The last '
                     f'good checkpoint is {manager.latest_checkpoint}')
             with timer.paused():
                 manager.save(checkpoint_number=current)
