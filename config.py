@@ -135,7 +135,9 @@ def build_train_parser(description):
     g.add_argument('--random-seed', type=int, default=d.random_seed)
     g.add_argument('--deterministic', action='store_true', default=d.deterministic,
                    help='deterministic TensorFlow ops, run one at a time (one inter-op thread): '
-                        'the same seed and data give the same weights (slower)')
+                        'the same seed and data give the same weights, also across a kill and '
+                        'resume (slower; train_distributed.py refuses it: asynchronous updates '
+                        'have no fixed order)')
     g.add_argument('--log-every', type=int, default=d.log_every)
     g.add_argument('--val-split', default=d.val_split,
                    help='split in --data-dir to validate on at every checkpoint')

@@ -318,3 +318,14 @@ def test_train_step_batch_norm_modes(freeze_bn, constant_records):
     else:
         assert np.abs(after[moving] - bn[moving]).max() > 1e-3
         assert np.abs(after[gamma] - bn[gamma]).max() > 0
+
+
+def test_train_distributed_refuses_deterministic(capsys):
+    import train_distributed
+    with pytest.raises(SystemExit) as exit_status:
+        train_distributed.parse_args(['--job-name', 'chief', '--deterministic'])
+    assert exit_status.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.split(': ', 1)[1].startswith('error: --deterministic cannot make '
+                            'asynchronous training reproducible')
+    assert not train_distributed.parse_args(['--job-name', 'chief']).deterministic
