@@ -256,8 +256,8 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
             if not math.isfinite(loss_value):
                 # Asynchronous steps are applied in no fixed order: name the range.
                 raise TrainingDiverged(
-                    f'loss is {loss_value} at {_steps(previous + 1, current)}; stopped without saving. The last good '
-                    f'checkpoint is {manager.latest_checkpoint}')
+                    f'loss is {loss_value} at {_steps(previous + 1, current)}; stopped without '
+                    f'saving. The last good checkpoint is {manager.latest_checkpoint}')
             confusion_sum += np.asarray(confusion, np.int64)
         timer.count(current - previous)
         if _crossed(previous, current, config.log_every) or current >= config.num_steps:
