@@ -157,6 +157,11 @@ def _per_worker_seed(seed):
 def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = print):
     """Trains `config` under `strategy` until the global step reaches `config.num_steps`.
 
+    A run resumed from its snapshot dir's checkpoint at step k continues the input stream with
+    the batches the uninterrupted run took from step k on (default and mirrored strategies; the
+    parameter-server workers draw new orders). `<snapshot_dir>/config.json` is written when the
+    run starts fresh and never rewritten (see `check_snapshot_dir`).
+
     Args:
         config: a `config.TrainConfig`.
         strategy: a `tf.distribute` strategy; the default strategy when None.
@@ -167,7 +172,8 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
         `TrainResult`.
     Raises:
         TrainingDiverged: when the loss is NaN or Inf; the message names the step.
-        ValueError: a batch that does not split over the replicas, a mismatched snapshot dir.
+        ValueError: a batch that does not split over the replicas, a snapshot dir whose run
+            had another architecture or settings that a resume may not change.
     """
     strategy = strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
