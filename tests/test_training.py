@@ -12,7 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from config import TrainConfig
-from libs.datasets import conversion, sample, voc
+from libs.datasets import conversion, sample
 from libs.nets.deeplabv3 import DeepLabV3
 from libs.runs import checkpoints
 from libs.training import summaries
@@ -171,10 +171,11 @@ def five_records(tmp_path_factory):
 @pytest.mark.slow
 def test_sigkilled_run_resumes_to_the_weights_of_the_uninterrupted_run(five_records, tmp_path):
     """Three real train.py processes with --deterministic: one straight through 6 steps; one
-    SIGKILLed after logging step 3 (its last checkpoint is step 2's) and run again. The resumed
-    run redoes step 3 and takes the batches the straight run took from step 3 on (examples 4-11:
-    epoch 0's last record, then epochs 1 and 2 in their own orders, with random scale and mirror),
-    so every variable ends bitwise equal: checkpoints restore exactly, and deterministic ops give
+    SIGKILLed after logging step 3 (its last checkpoint is step 2's, or step 4's on a machine so
+    loaded that the kill lands late) and run again. Resumed at step 2, it redoes step 3 and takes
+    the batches the straight run took from there (examples 4-11: epoch 0's last record, then
+    epochs 1 and 2 in their own orders, with random scale and mirror), so every variable ends
+    bitwise equal: checkpoints restore exactly, and deterministic ops give
     the same result in a fresh process. Replaying the data from step 0 instead changes them."""
     flags = ('--num-steps', 6, '--deterministic')
     straight = subprocess.run(train_command(five_records, tmp_path / 'straight', *flags),
@@ -182,7 +183,7 @@ def test_sigkilled_run_resumes_to_the_weights_of_the_uninterrupted_run(five_reco
     assert straight.returncode == 0, straight.stdout[-2000:] + straight.stderr[-2000:]
     command = train_command(five_records, tmp_path / 'killed', *flags)
     killed_at, first, rerun = kill_after_first_checkpoint_then_rerun(command, kill_at_step=3)
-    assert killed_at == 2, killed_at  # killed between the checkpoints of steps 2 and 4
+    assert killed_at in (2, 4), killed_at
     assert 'Starting from scratch (random weights)' in first
     assert 'Starting from scratch' not in rerun  # a resumed run has its weights
     a = _variables(os.path.join(tmp_path / 'straight', 'model-6'))
