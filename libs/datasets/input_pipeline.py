@@ -188,6 +188,7 @@ def train_dataset(file_pattern_or_paths, batch_size, crop_size=513, random_scale
             seed += 1000 * input_context.input_pipeline_id  # other crops on other pipelines
     deterministic = seed is not None
     if seed is None:
+        # The same structure with a seed drawn now: another stream in every run.
         seed = tf.random.uniform([], maxval=tf.int64.max, dtype=tf.int64)
     start_epoch, skip = 0, 0
     if start_example:
