@@ -294,6 +294,29 @@ def bench_convert(args, tf, workdir):
         'data': f'sample dataset, {args.num_images} images of 375-500 px'}
 
 
+def peak_figures(peak, achieved_gflops, gpu_name):
+    """The CPU's assumed fp32 peak and the share of it a step reached (`percent_of_peak`, when
+    its FLOPs are known).
+
+    On a GPU both are None and `cpu_peak_assumption` says why: the network ran on the GPU, whose
+    peak /proc/cpuinfo cannot tell, so a percentage of the CPU's peak would mean nothing.
+
+    Args:
+        peak: `libs.utils.flops.cpu_peak()`.
+        achieved_gflops: GFLOP/s of the timed step, or None.
+        gpu_name: the GPU the step ran on, or None on the CPU.
+    """
+    if gpu_name:
+        return {'cpu_peak_gflops': None, 'percent_of_peak': None,
+                'cpu_peak_assumption': f'none: the step ran on {gpu_name}, and a share of the '
+                                       "CPU's peak says nothing about a GPU"}
+    figures = {'cpu_peak_gflops': peak['peak_gflops'],
+               'cpu_peak_assumption': peak['assumption']}
+    if achieved_gflops is not None:
+        figures['percent_of_peak'] = 100 * achieved_gflops / peak['peak_gflops']
+    return figures
+
+
 def run(args):
     """Runs the benchmark of `args` and returns the results as a dict."""
     import tensorflow as tf
@@ -333,16 +356,16 @@ def run(args):
         'device': f'GPU {gpus[0].name}' if gpus else f'CPU {peak["cpu"]} ({peak["cores"]} cores)',
         'tf_version': tf.__version__,
         'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        'cpu_peak_gflops': peak['peak_gflops'], 'cpu_peak_assumption': peak['assumption'],
         'matmul_gflops': matmul_gflops() if args.measure_ceiling else None,
     }
+    achieved = None
     if flops is not None:
         per_image = flops / 1e9 / (args.batch_size if args.mode == 'train' else 1)
         achieved = per_image * result['images_per_sec']
-        result.update(gflops_per_image=per_image, achieved_gflops_per_sec=achieved,
-                      percent_of_peak=100 * achieved / peak['peak_gflops'])
+        result.update(gflops_per_image=per_image, achieved_gflops_per_sec=achieved)
         if result['matmul_gflops']:
             result['percent_of_matmul'] = 100 * achieved / result['matmul_gflops']
+    result.update(peak_figures(peak, achieved, gpus[0].name if gpus else None))
     result.update(extra)
     return result
 
@@ -353,9 +376,10 @@ def _report(r):
              f'  {r["seconds_per_step"]:.4f} s/step ({r["step_time_statistic"]} of {r["steps"]}), '
              f'{r["images_per_sec"]:.2f} images/s']
     if r['gflops_per_image'] is not None:
+        share = ('' if r['percent_of_peak'] is None
+                 else f' = {r["percent_of_peak"]:.1f}% of the assumed peak')
         lines.append(f'  {r["gflops_per_image"]:.2f} GFLOP/image, '
-                     f'{r["achieved_gflops_per_sec"]:.1f} GFLOP/s = {r["percent_of_peak"]:.1f}% '
-                     'of the assumed peak')
+                     f'{r["achieved_gflops_per_sec"]:.1f} GFLOP/s{share}')
     lines.append(f'  assumed peak: {r["cpu_peak_assumption"]}')
     if r['matmul_gflops']:
         lines.append(f'  measured fp32 matmul: {r["matmul_gflops"]:.1f} GFLOP/s')

@@ -14,6 +14,12 @@ from typing import Optional, Tuple
 CONFIG_FILE = 'config.json'
 # The fields that fix the network's variables: a checkpoint only fits a model with the same ones.
 ARCHITECTURE_FIELDS = ('num_layers', 'num_classes', 'multi_grid')
+# The fields a resumed run may change: where the records are, how far the run goes, how it is
+# watched and what a fresh start would have loaded. Any other change would make the resumed run
+# neither the recorded run nor the new one.
+RESUMABLE_CHANGES = ('data_dir', 'num_steps', 'snapshot_dir', 'save_pred_every', 'max_to_keep',
+                     'restore_from', 'imagenet', 'deterministic', 'log_every', 'val_split',
+                     'val_max_images')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +135,9 @@ def build_train_parser(description):
     g.add_argument('--random-seed', type=int, default=d.random_seed)
     g.add_argument('--deterministic', action='store_true', default=d.deterministic,
                    help='deterministic TensorFlow ops, run one at a time (one inter-op thread): '
-                        'the same seed and data give the same weights (slower)')
+                        'the same seed and data give the same weights, also across a kill and '
+                        'resume (slower; train_distributed.py refuses it: asynchronous updates '
+                        'have no fixed order)')
     g.add_argument('--log-every', type=int, default=d.log_every)
     g.add_argument('--val-split', default=d.val_split,
                    help='split in --data-dir to validate on at every checkpoint')
@@ -183,10 +191,15 @@ def load_run_config(path):
     return TrainConfig(**values)
 
 
-def write_config(config, snapshot_dir):
-    """Writes the resolved config to `<snapshot_dir>/config.json` through a temporary file."""
+def write_config(config, snapshot_dir, name=CONFIG_FILE):
+    """Writes the resolved config to `<snapshot_dir>/<name>` through a temporary file.
+
+    The training loop writes `config.json` when a run starts fresh and never rewrites it on
+    resume: it is the record of what the checkpoints are. A resume that changes one of
+    `RESUMABLE_CHANGES` writes its config beside it, as `config-step-<N>.json`.
+    """
     os.makedirs(snapshot_dir, exist_ok=True)
-    path = os.path.join(snapshot_dir, CONFIG_FILE)
+    path = os.path.join(snapshot_dir, name)
     tmp = f'{path}.tmp-{os.getpid()}'
     with open(tmp, 'w') as f:
         f.write(config.to_json() + '\n')

@@ -13,7 +13,8 @@ in the environment is used instead of these flags. ps and worker tasks serve unt
 chief runs the loop and exits when the global step reaches --num-steps. Workers take steps
 independently against the variables on the ps tasks; each step uses --batch-size images. A worker
 may die and be restarted with the same command; re-running the chief resumes from its last
-checkpoint. See docs/distributed.md.
+checkpoint; the resumed workers read the data in new orders (exact continuation, and
+--deterministic, are for train.py and train_multi_gpu.py). See docs/distributed.md.
 """
 import os
 import sys
@@ -32,7 +33,12 @@ def parse_args(argv=None):
     g.add_argument('--chief-host', help='host:port of the chief')
     g.add_argument('--connect-timeout', type=float, default=300.0,
                    help='seconds the chief waits for every ps and worker to accept connections')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.deterministic:
+        parser.error('--deterministic cannot make asynchronous training reproducible: workers '
+                     'apply their updates in the order they finish and crop with seeds from '
+                     'their clocks; use train.py or train_multi_gpu.py for a reproducible run')
+    return args
 
 
 def main(argv=None):

@@ -43,6 +43,8 @@ def test_benchmark_reports_positive_figures(mode):
     assert result['peak_rss_mb'] > 0
     if mode in ('inference', 'train'):
         assert result['gflops_per_image'] > 0 and result['achieved_gflops_per_sec'] > 0
+        assert result['percent_of_peak'] == pytest.approx(
+            100 * result['achieved_gflops_per_sec'] / result['cpu_peak_gflops'])
         assert result['trace_count'] >= 1 and not result['retraced_while_timing']
     else:
         assert result['gflops_per_image'] is None
@@ -61,6 +63,18 @@ def test_train_step_under_the_mirrored_strategy():
     result = run_benchmark('train', ['--batch-size', '2', '--cpu-devices', '2'])
     assert result['replicas'] == 2 and 'MirroredStrategy' in result['path']
     assert result['images_per_sec'] > 0 and not result['retraced_while_timing']
+
+
+def test_no_cpu_peak_on_a_gpu():
+    import benchmark
+    peak = {'peak_gflops': 300.0, 'assumption': '2 cores x 64 FLOP/cycle x 2.3 GHz'}
+    on_gpu = benchmark.peak_figures(peak, 1500.0, '/physical_device:GPU:0')
+    assert on_gpu['cpu_peak_gflops'] is None and on_gpu['percent_of_peak'] is None
+    assert 'ran on /physical_device:GPU:0' in on_gpu['cpu_peak_assumption']
+    on_cpu = benchmark.peak_figures(peak, 150.0, None)
+    assert on_cpu == {'cpu_peak_gflops': 300.0, 'cpu_peak_assumption': peak['assumption'],
+                      'percent_of_peak': 50.0}
+    assert 'percent_of_peak' not in benchmark.peak_figures(peak, None, None)
 
 
 def test_flop_count_of_a_convolution_is_two_per_multiply_add():

@@ -75,7 +75,7 @@ def test_real_photos_convert_train_kill_resume_evaluate(tmp_path):
                '--split-name', 'train', '--num-layers', '50', '--batch-size', '2',
                '--input-size', '81', '--num-steps', str(NUM_STEPS), '--save-pred-every', '2',
                '--log-every', '1', '--bn-decay', '0.9', '--snapshot-dir', str(run)]
-    killed_at, _ = kill_after_first_checkpoint_then_rerun(command, NUM_STEPS, wait=1.0)
+    killed_at, _, _ = kill_after_first_checkpoint_then_rerun(command, kill_at_step=3)
     assert killed_at >= 2  # the first checkpoint is at step 2
 
     predictions, report_path = tmp_path / 'predictions', tmp_path / 'val.json'

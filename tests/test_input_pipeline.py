@@ -179,3 +179,46 @@ def test_eval_dataset_is_full_resolution_in_file_order(shards):
 def test_no_matching_files():
     with pytest.raises(FileNotFoundError, match='no TFRecord file matches /nowhere/x-\\*'):
         input_pipeline.eval_dataset('/nowhere/x-*')
+
+
+@pytest.mark.parametrize('start_step', [1, 3, 4])
+def test_resumed_stream_equals_the_uninterrupted_stream(shards, start_step):
+    """3 records, batches of 2: resuming at step 3 starts an epoch, at 1 and 4 it starts inside
+    one (a shuffled epoch cut in the middle), and every resumed stream crosses epoch boundaries."""
+    kwargs = dict(batch_size=2, crop_size=41, shuffle_buffer=2)
+    straight = crops(shards, seed=11, count=8, **kwargs)
+    resumed = crops(shards, seed=11, count=8 - start_step, start_example=2 * start_step,
+                    **kwargs)
+    assert len(resumed) == 8 - start_step
+    for step, ((i1, l1), (i2, l2)) in enumerate(zip(straight[start_step:], resumed), start_step):
+        np.testing.assert_array_equal(i1, i2, err_msg=f'images of step {step}')
+        np.testing.assert_array_equal(l1, l2, err_msg=f'labels of step {step}')
+    labels = np.concatenate([l for _, l in straight])
+    assert len({label.tobytes() for label in labels}) == len(labels)  # no two crops alike
+
+
+def record_order(shards, seed, num_examples, start_example=0):
+    """The ids of the records the stream yields, from the unpadded size of uncropped images."""
+    shapes = {label.shape: image_id for image_id, label in LABELS.items()}
+    ids = []
+    for image, _ in crops(shards, seed=seed, count=num_examples, crop_size=(80, 129),
+                          random_scale=None, random_mirror=False, start_example=start_example):
+        content = np.any(image[0] != 0, axis=-1)  # padding is exactly the mean pixel
+        ids.append(shapes[(int(content.any(axis=1).sum()), int(content.any(axis=0).sum()))])
+    return ids
+
+
+def test_each_epoch_has_its_own_order_and_resuming_keeps_it(shards):
+    order = record_order(shards, seed=11, num_examples=12)
+    epochs = [order[i:i + 3] for i in range(0, 12, 3)]
+    assert all(sorted(epoch) == ['a0', 'a1', 'b0'] for epoch in epochs), epochs
+    assert len({tuple(epoch) for epoch in epochs}) > 1, epochs
+    assert record_order(shards, seed=11, num_examples=7, start_example=5) == order[5:]
+
+
+def test_count_records_reads_headers_and_names_a_truncated_file(shards, tmp_path):
+    assert input_pipeline.count_records(shards) == 3
+    truncated = tmp_path / 'cut.tfrecord'
+    truncated.write_bytes(open(shards[0], 'rb').read()[:-10])
+    with pytest.raises(ValueError, match=f'{truncated} ends inside a record'):
+        input_pipeline.count_records([shards[1], str(truncated)])

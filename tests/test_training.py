@@ -1,7 +1,9 @@
 """The training loop, its step, loss, schedule and checkpoints, on tiny real records."""
 import dataclasses
+import json
 import os
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -10,9 +12,10 @@ import tensorflow as tf
 from PIL import Image
 
 from config import TrainConfig
-from libs.datasets import conversion, sample, voc
+from libs.datasets import conversion, sample
 from libs.nets.deeplabv3 import DeepLabV3
 from libs.runs import checkpoints
+from libs.training import summaries
 from libs.training.loop import TrainingDiverged, train
 from libs.training.losses import masked_cross_entropy_sum
 from libs.training.schedules import poly_learning_rate
@@ -95,6 +98,8 @@ def test_loop_trains_and_loss_falls(constant_records, tmp_path):
     config = tiny_config(constant_records, tmp_path / 'run', num_steps=8, save_pred_every=8,
                          random_scale=False, random_mirror=False, weight_decay=0.0)
     result = train(config, log=lines.append)
+    assert lines[0].startswith('Starting from scratch (random weights): the paper starts from '
+                               'ImageNet weights, pass --imagenet resnet_v1_50.ckpt')
     losses = [float(line.split('loss ')[1].split()[0]) for line in lines
               if line.startswith('step ') and ' loss ' in line]
     assert len(losses) == 8
@@ -145,32 +150,117 @@ def test_resume_keeps_step_and_optimizer_state(constant_records, tmp_path):
     assert len(momentum) == 1 and np.abs(halfway[momentum[0]]).max() > 1e-3
 
 
-def test_sigkill_then_rerun_ends_at_exact_step(records, tmp_path):
-    run = tmp_path / 'killed'
-    command = [sys.executable, os.path.join(ROOT, 'train.py'), '--data-dir', records,
-               '--split-name', 'train', '--num-layers', '50', '--batch-size', '2',
-               '--input-size', '65', '--num-steps', '7', '--save-pred-every', '2',
-               '--log-every', '1', '--snapshot-dir', str(run), '--bn-decay', '0.9']
-    killed_at, _ = kill_after_first_checkpoint_then_rerun(command, num_steps=7)
-    assert killed_at >= 2  # the first checkpoint is at step 2
+def train_command(data_dir, snapshot_dir, *flags):
+    return [sys.executable, os.path.join(ROOT, 'train.py'), '--data-dir', data_dir,
+            '--split-name', 'train', '--num-layers', '50', '--batch-size', '2',
+            '--input-size', '65', '--save-pred-every', '2', '--log-every', '1',
+            '--bn-decay', '0.9', '--snapshot-dir', str(snapshot_dir), *map(str, flags)]
 
 
-def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(constant_records, tmp_path):
-    """Two good steps, then the same run resumed with an absurd learning rate: it stops naming
-    the step, and the latest checkpoint is an earlier one with finite weights."""
-    common = dict(num_steps=2, save_pred_every=1, random_scale=False, random_mirror=False)
-    train(tiny_config(constant_records, tmp_path / 'nan', **common), log=lambda _: None)
-    config = tiny_config(constant_records, tmp_path / 'nan', **dict(
-        common, num_steps=8, learning_rate=1e12))
+@pytest.fixture(scope='module')
+def five_records(tmp_path_factory):
+    """5 train images of 65-97 px in 2 shards: batches of 2 cross an epoch every 2.5 steps."""
+    root = tmp_path_factory.mktemp('five')
+    sample.write_sample_dataset(str(root / 'voc'), num_train=5, num_val=1, size_range=(65, 97),
+                                seed=4)
+    conversion.convert_split(str(root / 'voc'), 'train', str(root / 'records'), num_shards=2,
+                             progress=False)
+    return str(root / 'records')
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_to_the_weights_of_the_uninterrupted_run(five_records, tmp_path):
+    """Three real train.py processes with --deterministic: one straight through 6 steps; one
+    SIGKILLed after logging step 3 (its last checkpoint is step 2's, or step 4's on a machine so
+    loaded that the kill lands late) and run again. Resumed at step 2, it redoes step 3 and takes
+    the batches the straight run took from there (examples 4-11: epoch 0's last record, then
+    epochs 1 and 2 in their own orders, with random scale and mirror), so every variable ends
+    bitwise equal: checkpoints restore exactly, and deterministic ops give
+    the same result in a fresh process. Replaying the data from step 0 instead changes them."""
+    flags = ('--num-steps', 6, '--deterministic')
+    straight = subprocess.run(train_command(five_records, tmp_path / 'straight', *flags),
+                              capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert straight.returncode == 0, straight.stdout[-2000:] + straight.stderr[-2000:]
+    command = train_command(five_records, tmp_path / 'killed', *flags)
+    killed_at, first, rerun = kill_after_first_checkpoint_then_rerun(command, kill_at_step=3)
+    assert killed_at in (2, 4), killed_at
+    assert 'Starting from scratch (random weights)' in first
+    assert 'Starting from scratch' not in rerun  # a resumed run has its weights
+    a = _variables(os.path.join(tmp_path / 'straight', 'model-6'))
+    b = _variables(os.path.join(tmp_path / 'killed', 'model-6'))
+    assert a.keys() == b.keys() and any('.OPTIMIZER_SLOT' in k for k in a)
+    different = [name for name in a if not np.array_equal(a[name], b[name])]
+    assert not different, different[:5]
+
+
+def test_divergence_stops_with_step_and_keeps_last_good_checkpoint(constant_records, tmp_path):
+    """An absurd learning rate, a checkpoint after every step: the weights grow for a few steps,
+    then the run stops naming the step, and the latest checkpoint is an earlier one with finite
+    weights."""
+    config = tiny_config(constant_records, tmp_path / 'nan', num_steps=8, save_pred_every=1,
+                         learning_rate=1e3, random_scale=False, random_mirror=False)
     with pytest.raises(TrainingDiverged, match=r'at step (\d+)') as error:
         train(config, log=lambda _: None)
-    step = int(str(error.value).split('at step ')[1].split(';')[0].split()[0])
+    step = int(str(error.value).split('at step ')[1].split()[0])
     assert 3 <= step <= 8
     latest = tf.train.latest_checkpoint(config.snapshot_dir)
     assert latest in str(error.value)
-    assert 2 <= checkpoints.describe_checkpoint(latest)['global_step'] < step
+    assert checkpoints.describe_checkpoint(latest)['global_step'] == step - 1
     values = _variables(latest)
     assert all(np.all(np.isfinite(v)) for v in values.values() if v.dtype.kind == 'f')
+
+
+def test_config_json_is_the_record_of_the_run(constant_records, tmp_path):
+    """config.json is written when a run starts; a run with nothing to train, or a new stage
+    pointed at an old stage's dir, leaves it alone; a resume may only change the fields of
+    `RESUMABLE_CHANGES`, and such a change is recorded beside it."""
+    config = tiny_config(constant_records, tmp_path / 'stage1', num_steps=2, random_scale=False)
+    train(config, log=lambda _: None)
+    path = os.path.join(config.snapshot_dir, 'config.json')
+    with open(path) as f:
+        record = f.read()
+    assert json.loads(record)['num_steps'] == 2
+    os.utime(path, (0, 0))
+
+    lines = []
+    assert train(config, log=lines.append).global_step == 2
+    assert 'Already at step 2 of 2: nothing to train' in lines
+    # Stage 2 (another output stride and learning rate) pointed at stage 1's dir by mistake.
+    stage2 = dataclasses.replace(config, output_stride=8, learning_rate=0.001, num_steps=4)
+    with pytest.raises(ValueError, match=r'--output-stride was 16, now 8; --learning-rate was '
+                                         r'0\.01, now 0\.001\): resume it with the recorded '
+                                         r'values, or train in another --snapshot-dir '
+                                         r'\(--restore-from .*stage1 starts from its weights\)'):
+        train(stage2, log=lambda _: None)
+    assert os.stat(path).st_mtime == 0  # neither run wrote it
+
+    lines = []
+    longer = dataclasses.replace(config, num_steps=3, log_every=2)
+    assert train(longer, log=lines.append).global_step == 3
+    with open(path) as f:
+        assert f.read() == record
+    with open(os.path.join(config.snapshot_dir, 'config-step-2.json')) as f:
+        assert json.load(f)['num_steps'] == 3
+    assert any(line.startswith('Resuming with --num-steps, --log-every changed') for line in lines)
+    assert sorted(n for n in os.listdir(config.snapshot_dir) if n.endswith('.json')) == [
+        'config-step-2.json', 'config.json']
+
+
+def test_step_timer_leaves_checkpoint_time_out_of_images_per_second():
+    """2 steps of 1 s, a 10 s checkpoint, 1 step of 1 s, then a log: 3 steps x 4 images in 3 s.
+    (Counting the steps but not the time before the checkpoint gave 12 images/s.)"""
+    now = [0.0]
+    timer = summaries.StepTimer(clock=lambda: now[0])
+    now[0] += 2.0
+    timer.count(2)
+    with timer.paused():
+        now[0] += 10.0
+    now[0] += 1.0
+    timer.count(1)
+    assert timer.lap(batch_size=4) == pytest.approx(4.0)
+    now[0] += 0.5
+    timer.count(1)
+    assert timer.lap(batch_size=4) == pytest.approx(8.0)  # a new interval
 
 
 def test_restore_from_another_run_across_output_strides(constant_records, tmp_path):
@@ -182,6 +272,7 @@ def test_restore_from_another_run_across_output_strides(constant_records, tmp_pa
                          weight_decay=0.0, random_scale=False)
     result = train(config, log=lines.append)
     assert any('Starting from the weights of' in line and 'start fresh' in line for line in lines)
+    assert not any('Starting from scratch' in line for line in lines)
     assert result.global_step == 1  # The source's step 2 was left behind.
     before, after = _variables(source.checkpoint), _variables(result.checkpoint)
     conv = 'model/backbone/blocks/2/0/conv2/kernel/.ATTRIBUTES/VARIABLE_VALUE'
@@ -228,3 +319,14 @@ def test_train_step_batch_norm_modes(freeze_bn, constant_records):
     else:
         assert np.abs(after[moving] - bn[moving]).max() > 1e-3
         assert np.abs(after[gamma] - bn[gamma]).max() > 0
+
+
+def test_train_distributed_refuses_deterministic(capsys):
+    import train_distributed
+    with pytest.raises(SystemExit) as exit_status:
+        train_distributed.parse_args(['--job-name', 'chief', '--deterministic'])
+    assert exit_status.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.split(': ', 1)[1].startswith('error: --deterministic cannot make '
+                            'asynchronous training reproducible')
+    assert not train_distributed.parse_args(['--job-name', 'chief']).deterministic

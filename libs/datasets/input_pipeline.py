@@ -96,10 +96,60 @@ def _augment(example, seed, crop_size, random_scale, random_mirror, ignore_label
             tf.ensure_shape(label[..., 0], [crop_h, crop_w]))
 
 
+def count_records(paths):
+    """The number of records in TFRecord files, read from the length headers only.
+
+    A TFRecord is a uint64 length, a uint32 CRC of it, the data and a uint32 CRC of the data;
+    seeking over the data makes counting a split of any size cost a few reads per record.
+
+    Args:
+        paths: TFRecord file paths.
+    Returns:
+        int.
+    Raises:
+        ValueError: naming the file, when one ends inside a record.
+    """
+    total = 0
+    for path in paths:
+        size = tf.io.gfile.stat(path).length
+        with tf.io.gfile.GFile(path, 'rb') as f:
+            position = 0
+            while position < size:
+                header = f.read(12)
+                length = int.from_bytes(header[:8], 'little') if len(header) == 12 else size
+                position += 12 + length + 4
+                if position > size:
+                    raise ValueError(f'{path} ends inside a record (truncated at byte {size})')
+                f.seek(position)
+                total += 1
+    return total
+
+
+def _fold_seed(seed, salt, index):
+    """A stateless seed (int64 [2]) of `seed`, a purpose `salt` and an epoch or example index."""
+    key = tf.stack([tf.cast(seed, tf.int64), tf.constant(salt, tf.int64)])
+    return tf.random.experimental.stateless_fold_in(key, index)
+
+
+def _shuffle_seed(seed, salt, epoch):
+    """An int64 scalar seed for `Dataset.shuffle`, a function of (seed, salt, epoch)."""
+    return tf.random.stateless_uniform([], _fold_seed(seed, salt, epoch), minval=None,
+                                       maxval=None, dtype=tf.int64)
+
+
 def train_dataset(file_pattern_or_paths, batch_size, crop_size=513, random_scale=(0.5, 2.0),
                   random_mirror=True, ignore_label=255, seed=None, shuffle_buffer=1000,
-                  repeat=True, num_parallel_calls=AUTOTUNE, input_context=None):
+                  repeat=True, num_parallel_calls=AUTOTUNE, input_context=None,
+                  start_example=0):
     """Shuffled, augmented, batched training crops.
+
+    With a `seed`, the stream is a function of the seed alone: epoch `e` reads the shards in an
+    order and through a shuffle buffer seeded by (seed, e), and the `i`-th example of the stream
+    is augmented with the stateless seed (seed, i). `start_example` then resumes the stream
+    exactly: whole epochs are skipped without reading them (the record count comes from the
+    files' length headers), and the rest of the current epoch is skipped as serialized records,
+    before decoding. A run resumed at step k with `start_example = k * batch_size` sees the
+    batches the uninterrupted run saw from step k.
 
     Args:
         file_pattern_or_paths: a glob pattern, e.g. 'data/train_aug-*-of-*.tfrecord', or a list
@@ -110,12 +160,14 @@ def train_dataset(file_pattern_or_paths, batch_size, crop_size=513, random_scale
         random_scale: (min, max) range of the per-image scale factor, or None for no scaling.
         random_mirror: flip image and label left-right with probability 1/2.
         ignore_label: label of padded pixels.
-        seed: int for a reproducible order and augmentation, or None.
+        seed: int (or int64 scalar tensor) for a reproducible order and augmentation, or None.
         shuffle_buffer: records in the shuffle buffer (serialized, ~0.1 MB each for VOC).
-        repeat: repeat forever (each pass reshuffled) or make one pass.
+        repeat: repeat forever (each epoch in its own order) or make one pass.
         num_parallel_calls: parallelism of reading and of decoding + augmentation.
         input_context: a `tf.distribute.InputContext`; each input pipeline reads its own subset
             of the shards.
+        start_example: examples of this pipeline's stream already consumed (by a run that is
+            being resumed); needs a `seed` to mean the same examples.
 
     Returns:
         A dataset of (images, labels): float32 [batch_size, crop_h, crop_w, 3] normalized
@@ -126,32 +178,41 @@ def train_dataset(file_pattern_or_paths, batch_size, crop_size=513, random_scale
     if random_scale is not None and not 0 < random_scale[0] <= random_scale[1]:
         raise ValueError(f'random_scale must be (min, max) with 0 < min <= max, got '
                          f'{random_scale}')
-    files = tf.data.Dataset.from_tensor_slices(paths)
-    num_files = len(paths)
     if input_context is not None and input_context.num_input_pipelines > 1:
         pipelines = input_context.num_input_pipelines
-        if num_files < pipelines:
-            raise ValueError(f'{num_files} shards cannot feed {pipelines} input pipelines; '
+        if len(paths) < pipelines:
+            raise ValueError(f'{len(paths)} shards cannot feed {pipelines} input pipelines; '
                              f'convert with at least {pipelines} shards')
-        files = files.shard(pipelines, input_context.input_pipeline_id)
-        num_files = len(paths[input_context.input_pipeline_id::pipelines])
+        paths = paths[input_context.input_pipeline_id::pipelines]
         if seed is not None:
             seed += 1000 * input_context.input_pipeline_id  # other crops on other pipelines
-    seeds = (None, None, None) if seed is None else (seed, seed + 1, seed + 2)
     deterministic = seed is not None
-    files = files.shuffle(num_files, seed=seeds[0])
-    records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(num_files, 16),
-                               num_parallel_calls=num_parallel_calls,
-                               deterministic=deterministic)
-    records = records.shuffle(shuffle_buffer, seed=seeds[1])
-    if repeat:
-        records = records.repeat()
-    # One stateless seed per example keeps augmentation reproducible under parallel map.
-    example_seeds = tf.data.Dataset.random(seed=seeds[2]).batch(2)
-    dataset = tf.data.Dataset.zip((records, example_seeds)).map(
-        lambda serialized, example_seed: _augment(
-            tfrecord.parse_example(serialized), example_seed, crop_size, random_scale,
-            random_mirror, ignore_label),
+    if seed is None:
+        # The same structure with a seed drawn now: another stream in every run.
+        seed = tf.random.uniform([], maxval=tf.int64.max, dtype=tf.int64)
+    start_epoch, skip = 0, 0
+    if start_example:
+        num_records = count_records(paths)
+        if not num_records:
+            raise ValueError(f'no records in {", ".join(paths)}')
+        start_epoch, skip = divmod(start_example, num_records)
+    cycle_length = min(len(paths), 16)
+
+    def epoch_records(epoch):
+        files = tf.data.Dataset.from_tensor_slices(paths).shuffle(
+            len(paths), seed=_shuffle_seed(seed, 0, epoch))
+        records = files.interleave(tf.data.TFRecordDataset, cycle_length=cycle_length,
+                                   num_parallel_calls=num_parallel_calls,
+                                   deterministic=deterministic)
+        return records.shuffle(shuffle_buffer, seed=_shuffle_seed(seed, 1, epoch))
+
+    epochs = tf.data.Dataset.range(start_epoch, tf.int64.max if repeat else 1)
+    records = epochs.flat_map(epoch_records).skip(skip)
+    indices = tf.data.Dataset.range(start_example, tf.int64.max)
+    dataset = tf.data.Dataset.zip((records, indices)).map(
+        lambda serialized, index: _augment(
+            tfrecord.parse_example(serialized), _fold_seed(seed, 2, index), crop_size,
+            random_scale, random_mirror, ignore_label),
         num_parallel_calls=num_parallel_calls, deterministic=deterministic)
     return dataset.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 

@@ -37,18 +37,42 @@ class TrainResult:
     val_miou: Optional[float]
 
 
+def _describe_changes(previous, config, names):
+    return '; '.join(f'--{name.replace("_", "-")} was {getattr(previous, name)}, now '
+                     f'{getattr(config, name)}' for name in names)
+
+
 def check_snapshot_dir(config):
-    """Refuses to resume a snapshot dir whose checkpoints belong to another architecture."""
+    """Refuses to resume a snapshot dir whose checkpoints were trained otherwise.
+
+    A resume may change only `config.RESUMABLE_CHANGES` (e.g. --num-steps, --log-every); another
+    architecture, or another learning rate, crop, seed..., belongs in a new snapshot dir (which
+    can start from this one's weights with --restore-from).
+
+    Returns:
+        The names of the changed resumable fields (empty when starting fresh).
+    Raises:
+        ValueError: naming each refused field with its recorded and new value.
+    """
     path = os.path.join(config.snapshot_dir, config_lib.CONFIG_FILE)
     if not (os.path.isfile(path) and tf.train.latest_checkpoint(config.snapshot_dir)):
-        return
+        return []
     previous = config_lib.load_run_config(config.snapshot_dir)
-    changed = [f'--{name.replace("_", "-")} was {getattr(previous, name)}, now '
-               f'{getattr(config, name)}' for name in config_lib.ARCHITECTURE_FIELDS
-               if getattr(previous, name) != getattr(config, name)]
-    if changed:
+    changed = [f.name for f in dataclasses.fields(config)
+               if getattr(previous, f.name) != getattr(config, f.name)]
+    architecture = [name for name in changed if name in config_lib.ARCHITECTURE_FIELDS]
+    if architecture:
         raise ValueError(f'{config.snapshot_dir} holds checkpoints of another model ('
-                         + '; '.join(changed) + '): use another --snapshot-dir')
+                         + _describe_changes(previous, config, architecture)
+                         + '): use another --snapshot-dir')
+    refused = [name for name in changed if name not in config_lib.RESUMABLE_CHANGES]
+    if refused:
+        raise ValueError(
+            f'{config.snapshot_dir} holds a run trained with other settings ('
+            + _describe_changes(previous, config, refused) + '): resume it with the recorded '
+            f'values, or train in another --snapshot-dir (--restore-from {config.snapshot_dir} '
+            'starts from its weights)')
+    return changed
 
 
 def _initialise(config, model, manager, log):
@@ -69,6 +93,9 @@ def _initialise(config, model, manager, log):
     elif config.imagenet:
         from libs.nets.pretrained import load_slim_backbone
         log(load_slim_backbone(model.backbone, config.imagenet).summary())
+    else:
+        log(f'Starting from scratch (random weights): the paper starts from ImageNet weights, '
+            f'pass --imagenet resnet_v1_{config.num_layers}.ckpt')
     return False
 
 
@@ -104,6 +131,11 @@ def make_deterministic():
             'TensorFlow in this process') from None
 
 
+def _steps(first, last):
+    """'step 5', or 'one of steps 3-5' when a range is all that is known."""
+    return f'step {last}' if first == last else f'one of steps {first}-{last}'
+
+
 def _crossed(previous, current, every):
     """Whether a multiple of `every` lies in (previous, current]."""
     return current // every > previous // every
@@ -125,6 +157,11 @@ def _per_worker_seed(seed):
 def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = print):
     """Trains `config` under `strategy` until the global step reaches `config.num_steps`.
 
+    A run resumed from its snapshot dir's checkpoint at step k continues the input stream with
+    the batches the uninterrupted run took from step k on (default and mirrored strategies; the
+    parameter-server workers draw new orders). `<snapshot_dir>/config.json` is written when the
+    run starts fresh and never rewritten (see `check_snapshot_dir`).
+
     Args:
         config: a `config.TrainConfig`.
         strategy: a `tf.distribute` strategy; the default strategy when None.
@@ -135,7 +172,8 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
         `TrainResult`.
     Raises:
         TrainingDiverged: when the loss is NaN or Inf; the message names the step.
-        ValueError: a batch that does not split over the replicas, a mismatched snapshot dir.
+        ValueError: a batch that does not split over the replicas, a snapshot dir whose run
+            had another architecture or settings that a resume may not change.
     """
     strategy = strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
@@ -147,8 +185,7 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
     train_files = tfrecord.list_shards(config.data_dir, config.split_name)
     val_files = (tfrecord.list_shards(config.data_dir, config.val_split)
                  if config.val_split else None)
-    check_snapshot_dir(config)
-    config_lib.write_config(config, config.snapshot_dir)
+    changed = check_snapshot_dir(config)
     tf.random.set_seed(config.random_seed)
 
     with strategy.scope():
@@ -159,43 +196,53 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
     manager = tf.train.CheckpointManager(checkpoint, config.snapshot_dir, config.max_to_keep,
                                          checkpoint_name=CHECKPOINT_NAME)
-    _initialise(config, model, manager, log)
+    resuming = _initialise(config, model, manager, log)
+    start_step = int(step.numpy())
+    if start_step >= config.num_steps:
+        log(f'Already at step {start_step} of {config.num_steps}: nothing to train')
+        return TrainResult(start_step, manager.latest_checkpoint, None, None)
+    if not resuming or not os.path.isfile(os.path.join(config.snapshot_dir,
+                                                       config_lib.CONFIG_FILE)):
+        config_lib.write_config(config, config.snapshot_dir)
+    elif changed:
+        recorded = config_lib.write_config(config, config.snapshot_dir,
+                                           f'config-step-{start_step}.json')
+        log(f'Resuming with {", ".join("--" + n.replace("_", "-") for n in changed)} changed: '
+            f'{config_lib.CONFIG_FILE} keeps the recorded run, this one is in {recorded}')
 
-    def dataset_fn(input_context, seed=config.random_seed):
+    def dataset_fn(input_context, seed=config.random_seed, start_example=0):
         return input_pipeline.train_dataset(
             train_files, input_context.get_per_replica_batch_size(config.batch_size),
             crop_size=config.input_size,
             random_scale=(config.min_scale, config.max_scale) if config.random_scale else None,
             random_mirror=config.random_mirror, ignore_label=config.ignore_label,
-            seed=seed, input_context=input_context)
+            seed=seed, input_context=input_context, start_example=start_example)
 
     if coordinator is not None:
         # TF 2.21 traces this once on the chief and runs the same graph on every worker, with an
         # input context of one pipeline: a worker cannot tell its index, so it cannot pick its own
         # shards. Each worker instead reads every shard in its own order and crops: the seed comes
         # from the worker's clock when it builds its dataset (and again when a lost worker comes
-        # back).
+        # back). So a resumed run cannot continue the stream the workers were reading.
         iterator = iter(coordinator.create_per_worker_dataset(
             lambda: strategy.distribute_datasets_from_function(
                 lambda context: dataset_fn(context, seed=_per_worker_seed(config.random_seed)))))
     else:
         # One pipeline of global batches, which the step splits over the local replicas (see
-        # `build_train_step` for why not a distributed dataset).
-        iterator = iter(dataset_fn(tf.distribute.InputContext()))
+        # `build_train_step` for why not a distributed dataset); a resumed run continues the
+        # stream after the batches of its first `start_step` steps.
+        iterator = iter(dataset_fn(tf.distribute.InputContext(),
+                                   start_example=start_step * config.batch_size))
 
     train_step = build_train_step(model, optimizer, step, strategy, config)
 
     reporter = summaries.Reporter(config, model, strategy, val_files, train_files, log)
-    start_step = int(step.numpy())
-    if start_step >= config.num_steps:
-        log(f'Already at step {start_step} of {config.num_steps}: nothing to train')
-        return TrainResult(start_step, manager.latest_checkpoint, None, None)
     log(f'Training {config.split_name} ({len(train_files)} shards) on {replicas} replica(s), '
         f'steps {start_step} -> {config.num_steps}, global batch {config.batch_size}')
 
     confusion_sum = np.zeros([config.num_classes] * 2, np.int64)
     loss_value, val_miou, current = None, None, start_step
-    interval_start, interval_steps, run_start = time.time(), 0, time.time()
+    timer, run_start, finite_step = summaries.StepTimer(), time.time(), start_step
     while current < config.num_steps:
         previous = current
         if coordinator is not None:
@@ -209,33 +256,34 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
                        in (r.fetch() for r in pending) if applied]
         else:
             results = [train_step(iterator)]
+        current = int(step.numpy())
         for loss, confusion in results:
             loss_value = float(loss)
             if not math.isfinite(loss_value):
+                # Asynchronous steps are applied in no fixed order: name the range.
                 raise TrainingDiverged(
-                    f'loss is {loss_value} at step {current + 1}; stopped without saving. The '
-                    f'last good checkpoint is {manager.latest_checkpoint}')
+                    f'loss is {loss_value} at {_steps(previous + 1, current)}; stopped without '
+                    f'saving. The last good checkpoint is {manager.latest_checkpoint}')
             confusion_sum += np.asarray(confusion, np.int64)
-        current = int(step.numpy())
-        interval_steps += current - previous
+        timer.count(current - previous)
         if _crossed(previous, current, config.log_every) or current >= config.num_steps:
-            elapsed = time.time() - interval_start
-            images_per_sec = interval_steps * config.batch_size / max(elapsed, 1e-9)
+            images_per_sec = timer.lap(config.batch_size)
             lr = float(poly_learning_rate(current, config.learning_rate, config.num_steps,
                                           config.power))
             eta = (config.num_steps - current) * config.batch_size / max(images_per_sec, 1e-9)
             train_miou = iou_from_confusion(confusion_sum)['miou']
             reporter.log_progress(current, loss_value, lr, images_per_sec, eta, train_miou)
             confusion_sum[:] = 0
-            interval_start, interval_steps = time.time(), 0
         if _crossed(previous, current, config.save_pred_every) or current >= config.num_steps:
             if not _all_finite(model.variables):
                 raise TrainingDiverged(
-                    f'weights became NaN or Inf at step {current}; stopped without saving. The '
-                    f'last good checkpoint is {manager.latest_checkpoint}')
-            manager.save(checkpoint_number=current)
-            val_miou = reporter.checkpoint_saved(current, manager.latest_checkpoint)
-            interval_start = time.time()
+                    f'weights became NaN or Inf at {_steps(finite_step + 1, current)} (they '
+                    f'are checked before each save); stopped without saving. The last '
+                    f'good checkpoint is {manager.latest_checkpoint}')
+            with timer.paused():
+                manager.save(checkpoint_number=current)
+                val_miou = reporter.checkpoint_saved(current, manager.latest_checkpoint)
+            finite_step = current
     log(f'Done: step {current} in {time.time() - run_start:.0f} s, checkpoint '
         f'{manager.latest_checkpoint}')
     return TrainResult(current, manager.latest_checkpoint, loss_value, val_miou)

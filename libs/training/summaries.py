@@ -1,7 +1,9 @@
 """What a training run reports: progress lines on stdout and TensorBoard scalars, and at every
 checkpoint a validation mIoU and a few images (input, ground truth, prediction in VOC colours)."""
+import contextlib
 import datetime
 import os
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -16,6 +18,40 @@ NUM_IMAGES = 3
 
 def format_eta(seconds):
     return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+
+
+class StepTimer:
+    """Images per second over the steps since the last progress line, not counting the time spent
+    saving and validating (`paused`), which would otherwise show up as slow steps.
+
+    Args:
+        clock: seconds, monotonic.
+    """
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.start, self.steps, self.paused_seconds = clock(), 0, 0.0
+
+    def count(self, steps):
+        """Adds steps taken since the last call."""
+        self.steps += steps
+
+    @contextlib.contextmanager
+    def paused(self):
+        """The time spent inside this block is not step time."""
+        start = self.clock()
+        try:
+            yield
+        finally:
+            self.paused_seconds += self.clock() - start
+
+    def lap(self, batch_size):
+        """Images per second of the counted steps, then starts a new interval."""
+        now = self.clock()
+        elapsed = now - self.start - self.paused_seconds
+        images_per_sec = self.steps * batch_size / max(elapsed, 1e-9)
+        self.start, self.steps, self.paused_seconds = now, 0, 0.0
+        return images_per_sec
 
 
 class Reporter:
