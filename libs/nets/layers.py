@@ -145,7 +145,7 @@ class BatchNorm(tf.Module):
                 tf.cast(beta, inputs.dtype), tf.cast(gamma, inputs.dtype), BN_EPSILON)
         else:
             # One fused op (and one for its gradient) in place of the ~10 element-wise passes of
-            # moments + batch_normalization: ~5% of a CPU training step (docs/performance.md).
+            # moments + batch_normalization (docs/performance.md).
             outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
                 inputs, gamma, beta, epsilon=BN_EPSILON, is_training=True)
             # The op returns the unbiased variance, m / (m - 1) times the one it normalised with;

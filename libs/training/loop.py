@@ -111,9 +111,9 @@ def make_deterministic():
     """Deterministic ops, one op at a time: the same seed and data then give the same weights.
 
     Process-wide and final. Op determinism alone is not enough on CPU: with several inter-op
-    threads, one ResNet-50 gradient in two or three differed from the others by ~6e-6 relative
-    (in 5 of 5 runs with one inter-op thread, none did), and from-scratch training amplifies that
-    to whole-percent differences within four steps.
+    threads, independent ops may still run in another order and round differently, and
+    from-scratch training amplifies last-bit differences within a few steps (the measurements
+    are in docs/performance.md).
 
     Raises:
         ValueError: TensorFlow already runs with several inter-op threads and has initialised

@@ -42,7 +42,7 @@ def mirrored_strategy(num_gpus=None, cpu_devices=None):
         (NCCL on GPUs, ring on logical CPU devices). Each replica's all-reduce op then depends only
         on its own input, which keeps tracing the synchronised batch norm fast: with
         `ReductionToOneDevice` every all-reduce of sync BN makes `custom_gradient` walk the other
-        replicas' graphs, and tracing ResNet-50 on two CPU devices took 223 s instead of 20 s.
+        replicas' graphs, and tracing takes about ten times longer (docs/performance.md).
     Raises:
         ValueError: fewer GPUs than asked for (the message says how many TensorFlow sees), or
             none at all.

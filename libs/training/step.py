@@ -51,8 +51,8 @@ def build_train_step(model, optimizer, global_step, strategy, config):
     The iterator yields either global batches (a plain `tf.data` iterator; the step splits each
     over the replicas with `split_over_replicas`) or per-replica values (a distributed dataset's
     iterator, as `ParameterServerStrategy`'s per-worker datasets). The training loop gives local
-    strategies a plain iterator: on a 2-core CPU a live distributed dataset (its
-    MultiDeviceIterator) made every ResNet-50 step ~20% slower, even while idle.
+    strategies a plain iterator: a live distributed dataset (its MultiDeviceIterator) slows every
+    step on CPU, even while idle (docs/performance.md).
 
     With `limit` (an int64 scalar tensor) the step runs only while `global_step < limit` and
     returns `(loss, confusion, applied)`; a skipped step returns a zero loss and confusion and
