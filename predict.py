@@ -33,9 +33,9 @@ def parse_args(argv=None):
     config_lib.check_outputs(p, args, folders=('output_dir',))
     try:
         paths = image_io.list_images(args.input)
-        filesystem.check_not_input(
-            [out for path in paths for out in image_io.output_paths(path, args.output_dir, args.overlay)],
-            paths, '--output-dir')
+        outputs = [out for path in paths
+                   for out in image_io.output_paths(path, args.output_dir, args.overlay)]
+        filesystem.check_not_input(outputs, paths, '--output-dir')
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
     return args, paths
