@@ -1,9 +1,9 @@
 """Speed of the project's real code paths on this machine, with random weights.
 
-    python3 benchmark.py --mode inference --num-layers 101 --output-stride 16 --input-size 513
-    python3 benchmark.py --mode train --num-layers 50 --input-size 321 --batch-size 2
-    python3 benchmark.py --mode input --input-size 321 --batch-size 2 --steps 50
-    python3 benchmark.py --mode convert --num-images 200 --steps 3
+    .venv/bin/python benchmark.py --mode inference --num-layers 101 --output-stride 16 --input-size 513
+    .venv/bin/python benchmark.py --mode train --num-layers 50 --input-size 321 --batch-size 2
+    .venv/bin/python benchmark.py --mode input --input-size 321 --batch-size 2 --steps 50
+    .venv/bin/python benchmark.py --mode convert --num-images 200 --steps 3
 
 Modes (a step's time is the median over `--steps` steps, after `--warmup` steps that include
 tracing; several timed functions run interleaved, so that load from other processes hits them
