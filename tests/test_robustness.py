@@ -381,3 +381,49 @@ def test_evaluating_records_with_more_classes_than_the_model_is_refused(trained_
                                          r'\(0\.\.5, 255 ignored\)'):
         evaluator.evaluate_dataset(predictor, input_pipeline.eval_dataset(files), 6,
                                    progress=False)
+
+
+def _train_command(data_dir, snapshot_dir, num_steps, num_classes=21):
+    return [sys.executable, 'train.py', '--data-dir', data_dir, '--split-name', 'train',
+            '--num-layers', '50', '--batch-size', '2', '--input-size', '65',
+            '--num-classes', str(num_classes), '--num-steps', str(num_steps),
+            '--save-pred-every', '2', '--log-every', '1', '--snapshot-dir', snapshot_dir]
+
+
+def test_training_on_labels_beyond_num_classes_is_one_line(trained_run, tmp_path):
+    done = run_script(*_train_command(trained_run.data_dir, str(tmp_path / 'run'), 2,
+                                      num_classes=6)[1:], timeout=600)
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: the records of split 'train' in \S+ hold label (\d+), but the "
+                        r'model has --num-classes 6 \(labels 0\.\.5, and --ignore-label 255\): '
+                        r'give the class count the records were converted with', last), last
+    assert int(re.search(r'hold label (\d+)', last)[1]) >= 6
+    assert 'Traceback' not in done.stderr and len(done.stderr) < 5000
+
+
+@pytest.mark.slow
+def test_second_trainer_refused_then_ctrl_c_says_how_to_resume(trained_run, tmp_path):
+    snapshot = str(tmp_path / 'run')
+    command = _train_command(trained_run.data_dir, snapshot, 400)
+    with started(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as first:
+        for line in first.stdout:
+            if line.startswith('saved '):
+                break
+        assert alive(first.pid)
+        second = run_script(*command[1:], timeout=300)
+        assert first.poll() is None  # still training while the second was refused
+        assert second.returncode == 1
+        last = second.stderr.strip().splitlines()[-1]
+        assert last.startswith(f'error: {snapshot} is in use: training, pid {first.pid} ')
+        assert last.endswith('choose another --snapshot-dir')
+        first.send_signal(signal.SIGINT)
+        _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 130, stderr[-3000:]
+    assert 'Traceback' not in stderr
+    match = re.search(rf'interrupted; the last checkpoint is ({re.escape(snapshot)}/model-(\d+)) '
+                      r'\(step (\d+)\): re-run the same command to resume from it', stderr)
+    assert match and match[2] == match[3], stderr[-3000:]
+    # Nothing of the interrupted run is left but its checkpoints, config and events.
+    assert not [n for n in os.listdir(snapshot) if n.startswith('.') or '_temp' in n
+                or '.tmp' in n]

@@ -30,7 +30,12 @@ def run_training(config, strategy=None, coordinator=None):
     try:
         with lock.hold(config.snapshot_dir, 'training'):
             leftovers.remove_leftovers(config.snapshot_dir, log)
-            train(config, strategy=strategy, coordinator=coordinator, log=log)
+            try:
+                train(config, strategy=strategy, coordinator=coordinator, log=log)
+            except BaseException:
+                # A save that Ctrl-C or a full disk cut short: its temporaries go now.
+                leftovers.remove_leftovers(config.snapshot_dir, lambda line: None)
+                raise
     except lock.FolderInUse as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
