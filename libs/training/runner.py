@@ -8,7 +8,6 @@ import tensorflow as tf
 from libs.runs import checkpoints, leftovers, lock
 from libs.training.loop import TrainingDiverged, train
 from libs.training.step import describe_label_error
-from libs.utils import filesystem
 
 
 def _interrupted_line(snapshot_dir):
