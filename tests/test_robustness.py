@@ -4,6 +4,7 @@ refused in one line before the expensive work, and nothing left behind by a kill
 Real processes and signals throughout: the scripts run as a user runs them.
 """
 import contextlib
+import json
 import os
 import re
 import signal
@@ -24,9 +25,9 @@ SCRIPTS = ('train.py', 'train_multi_gpu.py', 'train_distributed.py', 'evaluate.p
            'convert_coco_to_tfrecord.py', 'launch_local_cluster.py', 'make_sample_dataset.py')
 
 
-def run_script(*args, timeout=120):
+def run_script(*args, timeout=120, env=ENV):
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          env=ENV, timeout=timeout)
+                          env=env, timeout=timeout)
 
 
 def process_state(pid):
@@ -427,3 +428,26 @@ def test_second_trainer_refused_then_ctrl_c_says_how_to_resume(trained_run, tmp_
     # Nothing of the interrupted run is left but its checkpoints, config and events.
     assert not [n for n in os.listdir(snapshot) if n.startswith('.') or '_temp' in n
                 or '.tmp' in n]
+
+
+def test_refused_training_leaves_no_snapshot_dir(tmp_path):
+    snapshot = tmp_path / 'run'
+    done = run_script(*_train_command(str(tmp_path / 'no_records'), str(snapshot), 2)[1:])
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f'error: TFRecord folder not found: {tmp_path / "no_records"}')
+    assert not snapshot.exists()
+
+
+def test_evaluate_shows_total_and_eta_and_creates_the_json_folder(trained_run, tmp_path):
+    output = tmp_path / 'new' / 'folder' / 'val.json'
+    done = run_script('evaluate.py', '--restore-from', trained_run.run_dir, '--data-dir',
+                      trained_run.data_dir, '--split-name', 'val', '--output-json', str(output),
+                      timeout=300, env=dict(ENV, TF_CPP_MIN_LOG_LEVEL='0'))
+    assert done.returncode == 0, done.stderr[-3000:]
+    bars = re.findall(r'evaluate:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+) \[[0-9:]+<([0-9:?]+)', done.stderr)
+    assert bars and {total for _, total, _ in bars} == {'3'}  # the val split's 3 images
+    assert bars[-1][0] == '3' and bars[-1][2] == '00:00'  # the ETA counted down to zero
+    # TensorFlow logs its INFO lines here; the one about TFRecordDataset's buffer_size is gone.
+    assert 'I0000' in done.stderr and 'buffer_size' not in done.stderr
+    assert json.loads(output.read_text())['num_images'] == 3
