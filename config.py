@@ -73,7 +73,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 def script_parser(doc):
     """The argparse parser of a script: its docstring's first line as the description, the rest
-    (usage examples, notes) as the epilog, every flag shown with its default."""
+    (usage examples, notes) as the epilog, every flag shown with its default.
+
+    It also hides TensorFlow's C++ INFO lines unless `TF_CPP_MIN_LOG_LEVEL` is set: TensorFlow
+    logs one for every TFRecord file it opens, whatever its `buffer_size`, through the progress
+    bars. Warnings and errors still show.
+    """
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
     lines = doc.strip().splitlines()
     return argparse.ArgumentParser(description=lines[0], epilog='\n'.join(lines[1:]).strip(),
                                    formatter_class=HelpFormatter)

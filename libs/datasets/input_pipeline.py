@@ -16,7 +16,6 @@ from libs.datasets import tfrecord
 
 MEAN_RGB = (123.68, 116.78, 103.94)
 AUTOTUNE = tf.data.AUTOTUNE
-RECORD_BUFFER_BYTES = 256 * 1024
 
 
 def normalize(image):
@@ -141,7 +140,7 @@ def train_dataset(file_pattern_or_paths, batch_size, crop_size=513, random_scale
     seeds = (None, None, None) if seed is None else (seed, seed + 1, seed + 2)
     deterministic = seed is not None
     files = files.shuffle(num_files, seed=seeds[0])
-    records = files.interleave(_read_records, cycle_length=min(num_files, 16),
+    records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(num_files, 16),
                                num_parallel_calls=num_parallel_calls,
                                deterministic=deterministic)
     records = records.shuffle(shuffle_buffer, seed=seeds[1])
@@ -155,12 +154,6 @@ def train_dataset(file_pattern_or_paths, batch_size, crop_size=513, random_scale
             random_mirror, ignore_label),
         num_parallel_calls=num_parallel_calls, deterministic=deterministic)
     return dataset.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
-
-
-def _read_records(files):
-    # TensorFlow's own default read buffer, given explicitly: left unspecified, TensorFlow logs a
-    # line about it for every file, through the progress bars.
-    return tf.data.TFRecordDataset(files, buffer_size=RECORD_BUFFER_BYTES)
 
 
 def _eval_element(serialized):
@@ -180,6 +173,6 @@ def eval_dataset(file_pattern_or_paths, num_parallel_calls=AUTOTUNE):
         A dataset of dicts: 'image' float32 [H, W, 3] normalized, 'label' int32 [H, W],
         'image_id' tf.string scalar.
     """
-    records = _read_records(_paths(file_pattern_or_paths))
+    records = tf.data.TFRecordDataset(_paths(file_pattern_or_paths))
     return records.map(_eval_element, num_parallel_calls=num_parallel_calls,
                        deterministic=True).prefetch(AUTOTUNE)

@@ -151,5 +151,5 @@ def list_shards(data_dir, split):
 def count_records(paths):
     """The number of records in the files `paths`, read without parsing them (for progress bars).
     """
-    records = tf.data.TFRecordDataset(paths, buffer_size=1024 * 1024)
+    records = tf.data.TFRecordDataset(paths)
     return int(records.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
