@@ -5,12 +5,15 @@
         --output-json val.json --report val_report
 
 The architecture is read from the run's config.json. Records holding a label the model has no
-class for are refused. Every output is checked for writability before the evaluation starts.
+class for are refused. Every output is checked for writability before the evaluation starts, and
+--output-json may not be one of the inputs (a shard, the run's config.json).
 """
+import glob
+import os
 import sys
 
 import config as config_lib
-from libs.utils.filesystem import one_line_errors
+from libs.utils import filesystem
 
 
 def parse_args(argv=None):
@@ -30,10 +33,17 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     config_lib.check_outputs(p, args, folders=('save_predictions', 'report'),
                              files=('output_json',))
+    if args.output_json:
+        inputs = glob.glob(os.path.join(glob.escape(args.data_dir), '*.tfrecord')) + [
+            os.path.join(config_lib.run_dir_of(args.restore_from), config_lib.CONFIG_FILE)]
+        try:
+            filesystem.check_not_input([args.output_json], inputs, '--output-json')
+        except ValueError as e:
+            p.error(str(e))
     return args
 
 
-@one_line_errors
+@filesystem.one_line_errors
 def main(argv=None):
     args = parse_args(argv)
     from libs.evaluation.run import evaluate_checkpoint

@@ -194,6 +194,19 @@ def test_predict_refuses_to_write_over_an_input_naming_both(trained_run, tmp_pat
     assert sorted(os.listdir(photos)) == ['cat.png', 'dog.jpg']
 
 
+def test_evaluate_refuses_json_over_the_runs_config_or_a_shard(trained_run):
+    config_path = os.path.join(trained_run.run_dir, 'config.json')
+    shard = os.path.join(trained_run.data_dir, 'val-00000-of-00003.tfrecord')
+    assert os.path.isfile(shard)
+    for target in (config_path, shard):
+        before = open(target, 'rb').read()
+        done = run_script('evaluate.py', '--restore-from', trained_run.run_dir, '--data-dir',
+                          trained_run.data_dir, '--output-json', target)
+        assert done.returncode == 2
+        assert f'would overwrite the input {target}' in done.stderr.strip().splitlines()[-1]
+        assert open(target, 'rb').read() == before
+
+
 def test_a_folder_lock_names_its_holder_and_dies_with_it(tmp_path):
     folder = tmp_path / 'run'
     holder_code = ('import sys, time; sys.path.insert(0, sys.argv[1]); from libs.runs import lock\n'

@@ -86,7 +86,7 @@ def check_not_input(outputs, inputs, flag):
         source = by_real_path.get(os.path.realpath(output))
         if source is not None:
             raise ValueError(f'{flag}: writing {output} would overwrite the input {source}; '
-                             'choose another folder')
+                             'choose another path')
 
 
 def describe(error):
