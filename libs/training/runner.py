@@ -19,18 +19,21 @@ def _interrupted_line(snapshot_dir):
             'command to resume from it')
 
 
+def _log(line):
+    print(line, flush=True)
+
+
 def run_training(config, strategy=None, coordinator=None):
     """Runs `loop.train` holding `config.snapshot_dir`; returns the process exit status.
 
     Statuses: 0 done, 1 refused (bad input, the folder in use, a file-system fault), 2 diverged,
     130 interrupted (Ctrl-C).
     """
-    log = lambda line: print(line, flush=True)  # noqa: E731
     try:
         with lock.hold(config.snapshot_dir, 'training'):
-            leftovers.remove_leftovers(config.snapshot_dir, log)
+            leftovers.remove_leftovers(config.snapshot_dir, _log)
             try:
-                train(config, strategy=strategy, coordinator=coordinator, log=log)
+                train(config, strategy=strategy, coordinator=coordinator, log=_log)
             except BaseException:
                 # A save that Ctrl-C or a full disk cut short: its temporaries go now.
                 leftovers.remove_leftovers(config.snapshot_dir, lambda line: None)
