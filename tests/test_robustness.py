@@ -465,3 +465,31 @@ def test_evaluate_shows_total_and_eta_and_creates_the_json_folder(trained_run, t
     # With TensorFlow's default log level, its line about TFRecordDataset's buffer_size is gone.
     assert 'buffer_size' not in done.stderr
     assert json.loads(output.read_text())['num_images'] == 3
+
+
+@pytest.mark.slow
+def test_train_killed_mid_save_then_rerun_removes_the_unfinished_save(trained_run, tmp_path):
+    snapshot = tmp_path / 'run'
+    command = _train_command(trained_run.data_dir, str(snapshot), 40)
+    command[command.index('--save-pred-every') + 1] = '1'
+
+    def temp_dirs():
+        names = os.listdir(snapshot) if snapshot.is_dir() else []
+        return [n for n in names if re.fullmatch(r'model-\d+_temp', n)]
+
+    with started(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as trainer:
+        assert wait_until(lambda: (snapshot / 'checkpoint').exists() and temp_dirs(),
+                          timeout=300), 'no save was ever seen in progress'
+        trainer.send_signal(signal.SIGKILL)
+        trainer.wait(timeout=30)
+    left = temp_dirs()
+    assert left
+    # The same command (shortened: the run is past step 1 already) clears the unfinished save.
+    command[command.index('--num-steps') + 1] = '1'
+    rerun = run_script(*command[1:], timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    for name in left:
+        assert (f'Removed {snapshot / name}, left by an earlier run that did not finish writing '
+                'it') in rerun.stdout
+    assert 'Already at step' in rerun.stdout and temp_dirs() == []
+    assert not [n for n in os.listdir(snapshot) if n.startswith('.') or '.tmp' in n]
