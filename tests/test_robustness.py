@@ -377,6 +377,26 @@ def test_disk_full_while_writing_shards_is_one_line_and_leaves_nothing(small_dis
     assert os.listdir(small_disk) == []  # no shard, no temporary, not even the folder
 
 
+# --- Messages ----------------------------------------------------------------------------------
+
+def test_refusal_fits_a_screen_with_the_likely_cause_first(tmp_path):
+    voc = tmp_path / 'voc'
+    write_noise_voc(str(voc), num_images=25, size=65)
+    done = run_script('convert_voc_to_tfrecord.py', '--voc-dir', str(voc), '--output-dir',
+                      str(tmp_path / 'records'), '--label-dir', str(voc / 'JPEGImages'),
+                      '--num-workers', '1')
+    assert done.returncode == 1
+    lines = done.stderr[done.stderr.index('error: refusing'):].strip().splitlines()
+    assert lines[0] == ("error: refusing to convert split 'train': 25 of 25 entries are "
+                        'invalid; nothing was written')
+    assert lines[1].startswith(f'no label of this split is in {voc / "JPEGImages"}: is it the '
+                               'right label folder')
+    assert lines[2] == 'problems: missing label (25)'
+    assert [line for line in lines if line.endswith(': missing label')] == lines[3:13]
+    assert lines[13] == '  ... and 15 more' and len(lines) == 15
+    assert not (tmp_path / 'records').exists()
+
+
 # --- Labels that do not fit the model -----------------------------------------------------------
 
 def test_evaluating_records_with_more_classes_than_the_model_is_refused(trained_run):
