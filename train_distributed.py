@@ -20,7 +20,7 @@ import os
 import sys
 
 import config as config_lib
-from libs.utils.filesystem import one_line_errors
+from libs.utils import filesystem
 
 
 def parse_args(argv=None):
@@ -53,7 +53,7 @@ def _job_name(args):
         return None
 
 
-@one_line_errors
+@filesystem.one_line_errors
 def main(argv=None):
     args = parse_args(argv)
     import tensorflow as tf
@@ -95,6 +95,10 @@ def main(argv=None):
         print(f'error: {cluster.describe_lost_task(e, tf_config["cluster"])} '
               f'({config.snapshot_dir})', file=sys.stderr)
         status = 3
+    except (OSError, tf.errors.OpError) as e:
+        # Here rather than in `one_line_errors`: the chief must still leave through os._exit.
+        print(f'error: {filesystem.describe(e)}', file=sys.stderr)
+        status = 1
     sys.stdout.flush()
     sys.stderr.flush()
     # The coordinator's threads would keep waiting for lost workers; the run is over.
