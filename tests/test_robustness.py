@@ -293,27 +293,48 @@ def test_checkpoint_save_killed_midway_leaves_temp_that_the_next_run_removes(tmp
     assert tf.train.latest_checkpoint(str(snapshot)) is not None
 
 
-@pytest.mark.parametrize('how', [signal.SIGKILL, signal.SIGTERM])
-def test_killing_the_launcher_stops_its_ps_worker_and_chief(how, tmp_path):
+def _kill_launcher_and_check_children(how, records, tmp_path, serving):
+    """Starts launch_local_cluster.py (1 ps, 1 worker, a chief with 1000 steps to go), sends it
+    `how` once its three children run (and, with `serving`, once both tasks serve), and checks
+    that every child ends."""
+    logs = tmp_path / 'logs'
     command = [sys.executable, 'launch_local_cluster.py', '--num-ps', '1', '--num-workers', '1',
-               '--log-dir', str(tmp_path / 'logs'), '--', '--data-dir', str(tmp_path),
-               '--split-name', 'train', '--num-layers', '50', '--batch-size', '2',
-               '--input-size', '33', '--num-steps', '2', '--snapshot-dir', str(tmp_path / 'run')]
+               '--log-dir', str(logs), '--', '--data-dir', records, '--split-name', 'train',
+               '--num-layers', '50', '--batch-size', '2', '--input-size', '33',
+               '--num-steps', '1000', '--snapshot-dir', str(tmp_path / 'run')]
+
+    def tasks_serving():
+        return all('serving at' in (logs / f'{task}.log').read_text(errors='replace')
+                   for task in ('ps0', 'worker0'))
+
     with started(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as launcher:
         for line in launcher.stdout:
             if line.startswith('chief: '):
                 break
         assert wait_until(lambda: len(children_of(launcher.pid)) == 3, timeout=30)
+        if serving:
+            assert wait_until(tasks_serving, timeout=180, interval=0.5)
         children = children_of(launcher.pid)
         for pid in children:
             with open(f'/proc/{pid}/cmdline', 'rb') as f:
                 assert b'train_distributed.py' in f.read()
-        assert all(alive(pid) for pid in children)
+        assert len(children) == 3 and all(alive(pid) for pid in children)
         launcher.send_signal(how)
         status = launcher.wait(timeout=60)
-    assert status == -how if how == signal.SIGKILL else status == 128 + how
+    assert status == (-how if how == signal.SIGKILL else 128 + how)
     assert wait_until(lambda: not any(alive(pid) for pid in children), timeout=60), \
         [(pid, process_state(pid)) for pid in children]
+
+
+@pytest.mark.parametrize('how', [signal.SIGKILL, signal.SIGTERM])
+def test_killing_the_launcher_while_its_tasks_start_stops_them(how, trained_run, tmp_path):
+    _kill_launcher_and_check_children(how, trained_run.data_dir, tmp_path, serving=False)
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_launcher_stops_a_serving_cluster(trained_run, tmp_path):
+    _kill_launcher_and_check_children(signal.SIGKILL, trained_run.data_dir, tmp_path,
+                                      serving=True)
 
 
 # --- File-system faults found early ------------------------------------------------------------
