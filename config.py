@@ -85,8 +85,9 @@ def script_parser(doc):
                                    formatter_class=HelpFormatter)
 
 
-def _number(text, kind, minimum=None, maximum=None, above=None, below=None):
-    """`text` as a finite `kind` (int or float) within the bounds, else ArgumentTypeError."""
+def _number(text, kind, minimum=None, maximum=None, above=None):
+    """`text` as a finite `kind` (int or float) within the bounds, else ArgumentTypeError naming
+    every bound (argparse prefixes the flag)."""
     try:
         value = kind(text)
     except ValueError:
@@ -94,13 +95,12 @@ def _number(text, kind, minimum=None, maximum=None, above=None, below=None):
             f'expected {"an integer" if kind is int else "a number"}, got {text!r}') from None
     if kind is float and not math.isfinite(value):
         raise argparse.ArgumentTypeError(f'expected a finite number, got {text!r}')
-    bounds = [(minimum, value >= minimum if minimum is not None else True, f'at least {minimum}'),
-              (maximum, value <= maximum if maximum is not None else True, f'at most {maximum}'),
-              (above, value > above if above is not None else True, f'above {above}'),
-              (below, value < below if below is not None else True, f'below {below}')]
-    failed = [words for bound, ok, words in bounds if bound is not None and not ok]
-    if failed:
-        wanted = ' and '.join(words for bound, _, words in bounds if bound is not None)
+    checks = [(minimum, lambda bound: value >= bound, 'at least'),
+              (maximum, lambda bound: value <= bound, 'at most'),
+              (above, lambda bound: value > bound, 'above')]
+    checks = [(bound, holds, words) for bound, holds, words in checks if bound is not None]
+    if not all(holds(bound) for bound, holds, _ in checks):
+        wanted = ' and '.join(f'{words} {bound}' for bound, _, words in checks)
         raise argparse.ArgumentTypeError(f'must be {wanted}, got {text!r}')
     return value
 
