@@ -1,9 +1,9 @@
 """Speed of the project's real code paths on this machine, with random weights.
 
-    python3 benchmark.py --mode inference --num-layers 101 --output-stride 16 --input-size 513
-    python3 benchmark.py --mode train --num-layers 50 --input-size 321 --batch-size 2
-    python3 benchmark.py --mode input --input-size 321 --batch-size 2 --steps 50
-    python3 benchmark.py --mode convert --num-images 200 --steps 3
+    .venv/bin/python benchmark.py --mode inference --num-layers 101 --output-stride 16 --input-size 513
+    .venv/bin/python benchmark.py --mode train --num-layers 50 --input-size 321 --batch-size 2
+    .venv/bin/python benchmark.py --mode input --input-size 321 --batch-size 2 --steps 50
+    .venv/bin/python benchmark.py --mode convert --num-images 200 --steps 3
 
 Modes (a step's time is the median over `--steps` steps, after `--warmup` steps that include
 tracing; several timed functions run interleaved, so that load from other processes hits them
@@ -46,19 +46,24 @@ MODES = ('inference', 'train', 'input', 'convert')
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--mode', choices=MODES, default='inference')
-    p.add_argument('--num-layers', type=int, choices=(50, 101, 152), default=101)
-    p.add_argument('--output-stride', type=int, choices=(8, 16, 32), default=16)
-    p.add_argument('--num-classes', type=int, default=21)
-    p.add_argument('--input-size', type=int, default=513, help='square image or crop size')
-    p.add_argument('--batch-size', type=int, default=1)
-    p.add_argument('--steps', type=int, default=5, help='timed steps')
-    p.add_argument('--warmup', type=int, default=2, help='untimed steps first (tracing)')
-    p.add_argument('--threads', type=int, default=None,
+    p = config_lib.script_parser(__doc__)
+    p.add_argument('--mode', choices=MODES, default='inference', help='the code path to time')
+    p.add_argument('--num-layers', type=int, choices=(50, 101, 152), default=101,
+                   help='ResNet-v1 depth')
+    p.add_argument('--output-stride', type=int, choices=(8, 16, 32), default=16,
+                   help='output stride of the network')
+    p.add_argument('--num-classes', type=config_lib.class_count, default=21,
+                   help='classes of the network')
+    p.add_argument('--input-size', type=config_lib.crop_size, default=513,
+                   help='square image or crop size')
+    p.add_argument('--batch-size', type=config_lib.positive_int, default=1,
+                   help='images per step')
+    p.add_argument('--steps', type=config_lib.positive_int, default=5, help='timed steps')
+    p.add_argument('--warmup', type=config_lib.non_negative_int, default=2,
+                   help='untimed steps first (tracing)')
+    p.add_argument('--threads', type=config_lib.positive_int, default=None,
                    help='intra-op threads; default every CPU this process may use')
-    p.add_argument('--inter-op-threads', type=int, default=None,
+    p.add_argument('--inter-op-threads', type=config_lib.positive_int, default=None,
                    help="threads running independent ops side by side; default TensorFlow's")
     p.add_argument('--fold-bn', action=argparse.BooleanOptionalAction, default=True,
                    help='inference: fold batch norm into the convolutions')
@@ -68,16 +73,16 @@ def build_parser():
     p.add_argument('--flip', action='store_true', help='inference: add left-right flips')
     p.add_argument('--data-dir', default=None,
                    help='input: TFRecord folder with a train split; default a sample dataset')
-    p.add_argument('--num-images', type=int, default=200,
+    p.add_argument('--num-images', type=config_lib.positive_int, default=200,
                    help='input/convert: images in the generated sample dataset')
     p.add_argument('--precision', choices=('fp32', 'bf16', 'fp16'), default='fp32',
                    help='compute dtype of the network (variables stay float32); meant for GPUs. '
                         'fp16 is inference only: the train step has no loss scaling')
     replicas = p.add_mutually_exclusive_group()
-    replicas.add_argument('--cpu-devices', type=int, default=None,
+    replicas.add_argument('--cpu-devices', type=config_lib.positive_int, default=None,
                           help="train: MirroredStrategy over N logical CPU devices, as "
                                "train_multi_gpu.py's --cpu-devices")
-    replicas.add_argument('--num-gpus', type=int, default=None,
+    replicas.add_argument('--num-gpus', type=config_lib.positive_int, default=None,
                           help='train: MirroredStrategy over N GPUs, as train_multi_gpu.py')
     p.add_argument('--sync-bn', action=argparse.BooleanOptionalAction, default=True,
                    help='train, mirrored: all-reduce batch-norm statistics across replicas')

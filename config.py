@@ -8,6 +8,7 @@ Nothing is parsed at import.
 import argparse
 import dataclasses
 import json
+import math
 import os
 from typing import Optional, Tuple
 
@@ -67,82 +68,235 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
 
-def parse_int_tuple(text):
-    """'1,2,4' -> (1, 2, 4), for `--multi-grid`."""
+# The smallest training crop: 32k+1 with k=1, so that even at output stride 32 the network's last
+# features are 2x2 and the crop holds more than a border of padding.
+MIN_CROP = 33
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows every flag's default, and the description and examples as written."""
+
+
+def script_parser(doc):
+    """The argparse parser of a script: its docstring's first line as the description, the rest
+    (usage examples, notes) as the epilog, every flag shown with its default.
+
+    It also hides TensorFlow's C++ INFO lines unless `TF_CPP_MIN_LOG_LEVEL` is set: TensorFlow
+    logs one for every TFRecord file it opens, whatever its `buffer_size`, through the progress
+    bars. Warnings and errors still show.
+    """
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+    lines = doc.strip().splitlines()
+    return argparse.ArgumentParser(description=lines[0], epilog='\n'.join(lines[1:]).strip(),
+                                   formatter_class=HelpFormatter)
+
+
+def _number(text, kind, minimum=None, maximum=None, above=None):
+    """`text` as a finite `kind` (int or float) within the bounds, else ArgumentTypeError naming
+    every bound (argparse prefixes the flag)."""
     try:
-        return tuple(int(t) for t in text.split(',') if t.strip())
+        value = kind(text)
     except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'expected {"an integer" if kind is int else "a number"}, got {text!r}') from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f'expected a finite number, got {text!r}')
+    checks = [(minimum, lambda bound: value >= bound, 'at least'),
+              (maximum, lambda bound: value <= bound, 'at most'),
+              (above, lambda bound: value > bound, 'above')]
+    checks = [(bound, holds, words) for bound, holds, words in checks if bound is not None]
+    if not all(holds(bound) for bound, holds, _ in checks):
+        wanted = ' and '.join(f'{words} {bound}' for bound, _, words in checks)
+        raise argparse.ArgumentTypeError(f'must be {wanted}, got {text!r}')
+    return value
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1 (counts, sizes, intervals)."""
+    return _number(text, int, minimum=1)
+
+
+def non_negative_int(text):
+    """argparse type: an integer >= 0."""
+    return _number(text, int, minimum=0)
+
+
+def label_value(text):
+    """argparse type: a label value 0..255 (labels are stored as 8-bit PNGs)."""
+    return _number(text, int, minimum=0, maximum=255)
+
+
+def class_count(text):
+    """argparse type: a class count 1..255 (label 255 is the ignore label)."""
+    return _number(text, int, minimum=1, maximum=255)
+
+
+def crop_size(text):
+    """argparse type: a square training crop of at least `MIN_CROP` pixels."""
+    return _number(text, int, minimum=MIN_CROP)
+
+
+def finite_float(text):
+    """argparse type: any finite number (NaN and Inf are refused)."""
+    return _number(text, float)
+
+
+def non_negative_float(text):
+    """argparse type: a finite number >= 0."""
+    return _number(text, float, minimum=0.0)
+
+
+def positive_float(text):
+    """argparse type: a finite number > 0."""
+    return _number(text, float, above=0.0)
+
+
+def unit_interval(text):
+    """argparse type: a finite number in [0, 1] (momentum, decay rates)."""
+    return _number(text, float, minimum=0.0, maximum=1.0)
+
+
+def parse_int_tuple(text):
+    """'1,2,4' -> (1, 2, 4), for `--multi-grid`: positive integers."""
+    values = tuple(positive_int(t) for t in text.split(',') if t.strip())
+    if not values:
         raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}')
+    return values
 
 
 def parse_float_tuple(text):
-    """'0.5,0.75,1.0' -> (0.5, 0.75, 1.0), for `--scales`."""
-    try:
-        return tuple(float(t) for t in text.split(',') if t.strip())
-    except ValueError:
+    """'0.5,0.75,1.0' -> (0.5, 0.75, 1.0), for `--scales`: positive finite numbers."""
+    values = tuple(positive_float(t) for t in text.split(',') if t.strip())
+    if not values:
         raise argparse.ArgumentTypeError(f'expected comma-separated numbers, got {text!r}')
+    return values
 
 
-def build_train_parser(description):
+def check_outputs(parser, args, folders=(), files=()):
+    """Refuses, with argparse's one-line error, output flags that cannot be written.
+
+    Args:
+        parser: the script's parser (for `parser.error`).
+        args: its parsed flags.
+        folders: names of flags (attribute names, e.g. 'output_dir') holding output folders.
+        files: names of flags holding output files.
+    """
+    from libs.utils import filesystem
+    for names, kind in ((folders, 'folder'), (files, 'file')):
+        for name in names:
+            value = getattr(args, name)
+            if value is None:
+                continue
+            try:
+                filesystem.check_writable(value, '--' + name.replace('_', '-'), kind)
+            except ValueError as e:
+                parser.error(str(e))
+
+
+def build_train_parser(doc):
     """The flags of train.py, train_multi_gpu.py and train_distributed.py (the 2018 repo's names).
 
-    Every default is `TrainConfig`'s; a flag left out keeps it.
+    Every default is `TrainConfig`'s; a flag left out keeps it. Every number is checked here, at
+    parse time (`parse_train_args` adds the checks that involve two flags).
+
+    Args:
+        doc: the script's docstring (`script_parser`).
     """
     d = TrainConfig()
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = script_parser(doc)
     g = p.add_argument_group('data and model')
     g.add_argument('--data-dir', default=d.data_dir, help='folder of TFRecord shards')
     g.add_argument('--split-name', default=d.split_name, help='split to train on')
-    g.add_argument('--num-layers', type=int, default=d.num_layers, choices=(50, 101, 152))
-    g.add_argument('--output-stride', type=int, default=d.output_stride, choices=(8, 16, 32))
+    g.add_argument('--num-layers', type=int, default=d.num_layers, choices=(50, 101, 152),
+                   help='ResNet-v1 depth of the backbone')
+    g.add_argument('--output-stride', type=int, default=d.output_stride, choices=(8, 16, 32),
+                   help='input size / feature size; strides beyond it become atrous rates')
     g.add_argument('--multi-grid', type=parse_int_tuple, default=d.multi_grid,
                    help="block4's unit rates, e.g. 1,2,4")
-    g.add_argument('--num-classes', type=int, default=d.num_classes)
-    g.add_argument('--ignore-label', type=int, default=d.ignore_label)
+    g.add_argument('--num-classes', type=class_count, default=d.num_classes,
+                   help='classes the records were converted with, background included')
+    g.add_argument('--ignore-label', type=label_value, default=d.ignore_label,
+                   help='label value left out of the loss and the metric')
     g = p.add_argument_group('input')
-    g.add_argument('--batch-size', type=int, default=d.batch_size, help='global batch size')
-    g.add_argument('--input-size', type=int, default=d.input_size, help='square crop size')
+    g.add_argument('--batch-size', type=positive_int, default=d.batch_size,
+                   help='global batch size')
+    g.add_argument('--input-size', type=crop_size, default=d.input_size,
+                   help=f'square crop size, at least {MIN_CROP}; 16k+1 or 8k+1 fits the output '
+                        'stride')
     g.add_argument('--random-scale', action=argparse.BooleanOptionalAction,
                    default=d.random_scale, help='random scale in [--min-scale, --max-scale]')
-    g.add_argument('--min-scale', type=float, default=d.min_scale)
-    g.add_argument('--max-scale', type=float, default=d.max_scale)
+    g.add_argument('--min-scale', type=positive_float, default=d.min_scale,
+                   help='smallest random scale factor')
+    g.add_argument('--max-scale', type=positive_float, default=d.max_scale,
+                   help='largest random scale factor')
     g.add_argument('--random-mirror', action=argparse.BooleanOptionalAction,
-                   default=d.random_mirror)
+                   default=d.random_mirror, help='flip half the crops left-right')
     g = p.add_argument_group('optimisation')
-    g.add_argument('--learning-rate', type=float, default=d.learning_rate)
-    g.add_argument('--power', type=float, default=d.power, help='poly learning-rate power')
-    g.add_argument('--momentum', type=float, default=d.momentum)
-    g.add_argument('--weight-decay', type=float, default=d.weight_decay)
-    g.add_argument('--num-steps', type=int, default=d.num_steps)
+    g.add_argument('--learning-rate', type=positive_float, default=d.learning_rate,
+                   help='base learning rate of the poly schedule')
+    g.add_argument('--power', type=non_negative_float, default=d.power,
+                   help='poly learning-rate power: lr * (1 - step / num_steps) ** power')
+    g.add_argument('--momentum', type=unit_interval, default=d.momentum,
+                   help='momentum of SGD')
+    g.add_argument('--weight-decay', type=non_negative_float, default=d.weight_decay,
+                   help='L2 weight decay on the convolution weights')
+    g.add_argument('--num-steps', type=positive_int, default=d.num_steps,
+                   help='global step at which training ends')
     g = p.add_argument_group('batch norm')
     bn = g.add_mutually_exclusive_group()
     bn.add_argument('--freeze-bn', dest='freeze_bn', action='store_true', default=d.freeze_bn,
                     help='use the moving statistics and keep gamma/beta fixed')
     bn.add_argument('--fine-tune-bn', dest='freeze_bn', action='store_false',
                     help='train batch norm: batch statistics, moving averages updated (default)')
-    g.add_argument('--bn-decay', type=float, default=d.bn_decay)
+    g.add_argument('--bn-decay', type=unit_interval, default=d.bn_decay,
+                   help='decay of the batch-norm moving averages')
     g = p.add_argument_group('checkpoints, logs and validation')
-    g.add_argument('--snapshot-dir', default=d.snapshot_dir)
-    g.add_argument('--save-pred-every', type=int, default=d.save_pred_every,
+    g.add_argument('--snapshot-dir', default=d.snapshot_dir,
+                   help='the run folder: checkpoints, config.json, TensorBoard events; re-running '
+                        'with the same folder resumes')
+    g.add_argument('--save-pred-every', type=positive_int, default=d.save_pred_every,
                    help='checkpoint (and validate) every N steps')
-    g.add_argument('--max-to-keep', type=int, default=d.max_to_keep)
+    g.add_argument('--max-to-keep', type=positive_int, default=d.max_to_keep,
+                   help='checkpoints kept; older ones are deleted')
     g.add_argument('--restore-from', default=d.restore_from,
                    help="another run's snapshot dir or checkpoint prefix to start from "
                         '(weights only)')
     g.add_argument('--imagenet', default=d.imagenet,
                    help="TF-slim resnet_v1 ImageNet checkpoint for the backbone")
-    g.add_argument('--random-seed', type=int, default=d.random_seed)
+    g.add_argument('--random-seed', type=non_negative_int, default=d.random_seed,
+                   help='seed of the initial weights and the augmentation')
     g.add_argument('--deterministic', action='store_true', default=d.deterministic,
                    help='deterministic TensorFlow ops, run one at a time (one inter-op thread): '
                         'the same seed and data give the same weights, also across a kill and '
                         'resume (slower; train_distributed.py refuses it: asynchronous updates '
                         'have no fixed order)')
-    g.add_argument('--log-every', type=int, default=d.log_every)
+    g.add_argument('--log-every', type=positive_int, default=d.log_every,
+                   help='print a progress line every N steps')
     g.add_argument('--val-split', default=d.val_split,
                    help='split in --data-dir to validate on at every checkpoint')
-    g.add_argument('--val-max-images', type=int, default=d.val_max_images)
+    g.add_argument('--val-max-images', type=positive_int, default=d.val_max_images,
+                   help='validate on the first N images of --val-split only')
     return p
+
+
+def parse_train_args(parser, argv=None, check_snapshot_dir=True):
+    """Parses a training script's flags, with the checks that involve two flags and the output.
+
+    Args:
+        parser: from `build_train_parser` (plus the script's own flags).
+        argv: the command line; default sys.argv[1:].
+        check_snapshot_dir: check that `--snapshot-dir` can be written (not for tasks that only
+            serve, as parameter-server tasks).
+    """
+    args = parser.parse_args(argv)
+    if args.min_scale > args.max_scale:
+        parser.error(f'--min-scale {args.min_scale} is above --max-scale {args.max_scale}')
+    if args.ignore_label < args.num_classes:
+        parser.error(f'--ignore-label {args.ignore_label} is one of the {args.num_classes} '
+                     f'classes (0..{args.num_classes - 1}); it must be outside them')
+    if check_snapshot_dir:
+        check_outputs(parser, args, folders=('snapshot_dir',))
+    return args
 
 
 def add_inference_args(parser):
@@ -201,7 +355,12 @@ def write_config(config, snapshot_dir, name=CONFIG_FILE):
     os.makedirs(snapshot_dir, exist_ok=True)
     path = os.path.join(snapshot_dir, name)
     tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'w') as f:
-        f.write(config.to_json() + '\n')
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'w') as f:
+            f.write(config.to_json() + '\n')
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     return path

@@ -7,40 +7,46 @@ Images with fewer than --min-voc-pixels VOC-class pixels are left out. Every ima
 annotation is validated before anything is written; a bad one refuses the run (exit status 1,
 every bad image listed) unless --skip-invalid is given.
 
-    python3 convert_coco_to_tfrecord.py \\
+    .venv/bin/python convert_coco_to_tfrecord.py \\
         --annotation-file coco/annotations/instances_train2017.json \\
         --image-dir coco/train2017 --split-name coco_train --output-dir data/records
-    python3 train.py --data-dir data/records --split-name coco_train ...
+    .venv/bin/python train.py --data-dir data/records --split-name coco_train ...
 """
-import argparse
 import os
 import sys
 
+import config as config_lib
 from libs.datasets import coco, conversion
+from libs.utils.filesystem import one_line_errors
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = config_lib.script_parser(__doc__)
     parser.add_argument('--annotation-file', required=True,
                         help='COCO instances JSON, e.g. annotations/instances_train2017.json')
     parser.add_argument('--image-dir', required=True,
                         help="the images folder the JSON's file_names are in, e.g. train2017")
     parser.add_argument('--split-name', default='coco_train',
-                        help='names the shards (and train.py --split-name); default coco_train')
+                        help='names the shards (and train.py --split-name)')
     parser.add_argument('--output-dir', required=True, help='folder for the shards')
-    parser.add_argument('--min-voc-pixels', type=int, default=coco.DEFAULT_MIN_VOC_PIXELS,
-                        help='keep images with at least this many VOC-class pixels (default '
-                        '%(default)s, the paper\'s 1000-pixel threshold); 0 keeps all')
-    parser.add_argument('--num-shards', type=int, help='default 4 up to 2000 images, else 10')
-    parser.add_argument('--num-workers', type=int, default=os.cpu_count() or 1,
+    parser.add_argument('--min-voc-pixels', type=config_lib.non_negative_int,
+                        default=coco.DEFAULT_MIN_VOC_PIXELS,
+                        help="keep images with at least this many VOC-class pixels (the paper's "
+                        '1000-pixel threshold); 0 keeps all')
+    parser.add_argument('--num-shards', type=config_lib.positive_int,
+                        help='shards to write; default 4 up to 2000 images, else 10')
+    parser.add_argument('--num-workers', type=config_lib.positive_int,
+                        default=os.cpu_count() or 1,
                         help='validation/encoding processes (default: all cores)')
     parser.add_argument('--skip-invalid', action='store_true',
                         help='write the valid images and list the skipped ones, instead of '
                         'refusing the whole run')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    config_lib.check_outputs(parser, args, folders=('output_dir',))
+    return args
 
 
+@one_line_errors
 def main(argv=None):
     args = parse_args(argv)
     result, seconds, status = conversion.run_for_script(

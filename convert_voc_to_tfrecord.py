@@ -3,43 +3,53 @@
 Every image/label pair is validated before anything is written; a bad entry refuses the run
 (exit status 1, every bad entry listed) unless --skip-invalid is given.
 
-    python3 convert_voc_to_tfrecord.py --voc-dir VOCdevkit/VOC2012 --split-name train \\
+    .venv/bin/python convert_voc_to_tfrecord.py --voc-dir VOCdevkit/VOC2012 --split-name train \\
         --output-dir data/tfrecords
-    python3 convert_voc_to_tfrecord.py --voc-dir VOCdevkit/VOC2012 --split-name train_aug \\
-        --label-dir VOCdevkit/VOC2012/SegmentationClassAug --output-dir data/tfrecords
+    .venv/bin/python convert_voc_to_tfrecord.py --voc-dir VOCdevkit/VOC2012 \\
+        --split-name train_aug --label-dir VOCdevkit/VOC2012/SegmentationClassAug \\
+        --output-dir data/tfrecords
+
+A conversion killed outright leaves hidden temporary shards; the next conversion of the split
+removes them, saying so. Two conversions of one split into one folder at once: the second refuses.
 
 train_aug labels come from SBD (http://home.bharathh.info/pubs/codes/SBD/download.html):
 either the commonly distributed PNG conversion `SegmentationClassAug` or SBD's own `cls/*.mat`.
 """
-import argparse
 import os
 import sys
 
+import config as config_lib
 from libs.datasets import conversion, voc
+from libs.utils.filesystem import one_line_errors
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = config_lib.script_parser(__doc__)
     parser.add_argument('--voc-dir', required=True, help='the VOCdevkit/VOC2012 folder')
-    parser.add_argument('--split-name', default='train', choices=sorted(voc.SPLIT_SIZES))
+    parser.add_argument('--split-name', default='train', choices=sorted(voc.SPLIT_SIZES),
+                        help='the split to convert')
     parser.add_argument('--output-dir', required=True, help='folder for the shards')
     parser.add_argument('--label-dir', help='class labels (.png, or SBD cls .mat); default '
                         '<voc-dir>/SegmentationClass, or <voc-dir>/SegmentationClassAug for '
                         'train_aug')
     parser.add_argument('--split-file', help='one id a line; default <voc-dir>/ImageSets/'
                         'Segmentation/<split>.txt, or the shipped list for train_aug')
-    parser.add_argument('--num-shards', type=int, help='default 4 up to 2000 images, else 10')
-    parser.add_argument('--num-workers', type=int, default=os.cpu_count() or 1,
+    parser.add_argument('--num-shards', type=config_lib.positive_int,
+                        help='shards to write; default 4 up to 2000 images, else 10')
+    parser.add_argument('--num-workers', type=config_lib.positive_int,
+                        default=os.cpu_count() or 1,
                         help='validation/encoding processes (default: all cores)')
     parser.add_argument('--skip-invalid', action='store_true',
                         help='write the valid pairs and list the skipped ones, instead of '
                         'refusing the whole split')
-    parser.add_argument('--num-classes', type=int, default=voc.NUM_CLASSES,
+    parser.add_argument('--num-classes', type=config_lib.class_count, default=voc.NUM_CLASSES,
                         help='labels may hold 0..num-classes-1 and 255')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    config_lib.check_outputs(parser, args, folders=('output_dir',))
+    return args
 
 
+@one_line_errors
 def main(argv=None):
     args = parse_args(argv)
     result, seconds, status = conversion.run_for_script(

@@ -1,32 +1,51 @@
 """Evaluate a trained DeepLabV3 on a split: full resolution, optional multi-scale and flip.
 
-    python3 evaluate.py --restore-from runs/stage1 --data-dir data/records --split-name val \
-        --output-stride 8 --scales 0.5,0.75,1.0,1.25,1.5,1.75 --flip --output-json val.json \
-        --report val_report
+    .venv/bin/python evaluate.py --restore-from runs/stage1 --data-dir data/records \\
+        --split-name val --output-stride 8 --scales 0.5,0.75,1.0,1.25,1.5,1.75 --flip \\
+        --output-json val.json --report val_report
 
-The architecture is read from the run's config.json.
+The architecture is read from the run's config.json. Records holding a label the model has no
+class for are refused. Every output is checked for writability before the evaluation starts, and
+--output-json may not be one of the inputs (a shard, the run's config.json).
 """
-import argparse
+import glob
+import os
 import sys
 
 import config as config_lib
+from libs.utils import filesystem
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def parse_args(argv=None):
+    p = config_lib.script_parser(__doc__)
     config_lib.add_inference_args(p)
     p.add_argument('--data-dir', default=config_lib.TrainConfig.data_dir,
                    help='folder of TFRecord shards')
-    p.add_argument('--split-name', default='val')
+    p.add_argument('--split-name', default='val', help='split to evaluate')
     p.add_argument('--output-json', default=None, help='write the metrics here')
     p.add_argument('--save-predictions', default=None, metavar='DIR',
                    help='write one VOC palette PNG per image here')
-    p.add_argument('--max-images', type=int, default=None)
+    p.add_argument('--max-images', type=config_lib.positive_int, default=None,
+                   help='evaluate the first N images only')
     p.add_argument('--report', default=None, metavar='DIR',
                    help='write an HTML report here: confusion matrix, per-class IoU, worst and '
                    'best images')
     args = p.parse_args(argv)
+    config_lib.check_outputs(p, args, folders=('save_predictions', 'report'),
+                             files=('output_json',))
+    if args.output_json:
+        inputs = glob.glob(os.path.join(glob.escape(args.data_dir), '*.tfrecord')) + [
+            os.path.join(config_lib.run_dir_of(args.restore_from), config_lib.CONFIG_FILE)]
+        try:
+            filesystem.check_not_input([args.output_json], inputs, '--output-json')
+        except ValueError as e:
+            p.error(str(e))
+    return args
+
+
+@filesystem.one_line_errors
+def main(argv=None):
+    args = parse_args(argv)
     from libs.evaluation.run import evaluate_checkpoint
     try:
         evaluate_checkpoint(args.restore_from, args.data_dir, args.split_name,

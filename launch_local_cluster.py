@@ -1,15 +1,17 @@
 """Try train_distributed.py on one machine: ps and worker tasks on free 127.0.0.1 ports, then the
 chief in the foreground; the tasks it started are stopped when the chief exits.
 
-    python3 launch_local_cluster.py --num-workers 2 -- --data-dir data/records \\
+    .venv/bin/python launch_local_cluster.py --num-workers 2 -- --data-dir data/records \\
         --split-name train --num-layers 50 --batch-size 4 --input-size 97 --num-steps 200 \\
         --snapshot-dir runs/ps
 
-Everything after `--` goes to the chief. The tasks' pids and log files are printed first: kill a
-worker (`kill -9 PID`) to watch the run go on without it, restart it with the printed command to
-watch it rejoin. See docs/distributed.md.
+Everything after `--` goes to the chief; those flags are checked before any task starts. The
+tasks' pids and log files are printed first: kill a worker (`kill -9 PID`) to watch the run go on
+without it, restart it with the printed command to watch it rejoin. The tasks and the chief end
+with the launcher, however it ends (Ctrl-C, SIGTERM, even SIGKILL). Each launch picks new ports:
+after a lost ps task, re-run the whole launcher command; the chief resumes from its last
+checkpoint. See docs/distributed.md.
 """
-import argparse
 import os
 import shlex
 import signal
@@ -18,8 +20,13 @@ import subprocess
 import sys
 import time
 
+import config as config_lib
+import train_distributed
+from libs.utils.processes import die_with_parent
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(ROOT, 'train_distributed.py')
+CHIEF_GRACE_SECONDS = 10.0
 
 
 def free_ports(count):
@@ -47,11 +54,17 @@ def task_command(job, index, hosts):
     return [sys.executable, SCRIPT, '--job-name', job, '--task-index', str(index)] + hosts
 
 
+def _start(command, **kwargs):
+    """Starts `command` as a child that the kernel ends when this process ends."""
+    launcher = os.getpid()
+    return subprocess.Popen(command, cwd=ROOT, preexec_fn=lambda: die_with_parent(launcher),
+                            **kwargs)
+
+
 def start_task(job, index, hosts, log_path):
     """Starts one ps or worker task in the background, its output in `log_path`."""
     with open(log_path, 'ab') as log:
-        return subprocess.Popen(task_command(job, index, hosts), cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT)
+        return _start(task_command(job, index, hosts), stdout=log, stderr=subprocess.STDOUT)
 
 
 def stop(processes, grace=5.0):
@@ -68,19 +81,29 @@ def stop(processes, grace=5.0):
             p.wait()
 
 
+def _terminate(signum, frame):
+    # SIGTERM unwinds like Ctrl-C, so that the tasks are stopped in order.
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     chief_args = argv[argv.index('--') + 1:] if '--' in argv else []
     own = argv[:argv.index('--')] if '--' in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--num-ps', type=int, default=1)
-    parser.add_argument('--num-workers', type=int, default=2)
+    parser = config_lib.script_parser(__doc__)
+    parser.add_argument('--num-ps', type=config_lib.positive_int, default=1,
+                        help='parameter-server tasks')
+    parser.add_argument('--num-workers', type=config_lib.positive_int, default=2,
+                        help='worker tasks')
     parser.add_argument('--log-dir', default='runs/local_cluster',
                         help='where the ps and worker logs go')
     args = parser.parse_args(own)
-    os.makedirs(args.log_dir, exist_ok=True)
+    config_lib.check_outputs(parser, args, folders=('log_dir',))
     hosts = host_flags(args.num_ps, args.num_workers)
+    chief = task_command('chief', 0, hosts) + chief_args
+    train_distributed.parse_args(chief[2:])  # the chief's flags, before any task starts
+    os.makedirs(args.log_dir, exist_ok=True)
+    signal.signal(signal.SIGTERM, _terminate)
     tasks = []
     try:
         for job, count in (('ps', args.num_ps), ('worker', args.num_workers)):
@@ -89,10 +112,16 @@ def main(argv=None):
                 tasks.append(start_task(job, i, hosts, log_path))
                 print(f'{job} {i}: pid {tasks[-1].pid}, log {log_path}\n  restart with: '
                       f'{shlex.join(task_command(job, i, hosts))}', flush=True)
-        chief = task_command('chief', 0, hosts) + chief_args
         print(f'chief: {shlex.join(chief)}', flush=True)
-        return subprocess.call(chief, cwd=ROOT)
+        tasks.insert(0, _start(chief))
+        return tasks[0].wait()
     except KeyboardInterrupt:
+        # Ctrl-C reached the chief too: let it say which checkpoint it will resume from.
+        if tasks and tasks[0].args == chief:
+            try:
+                tasks[0].wait(timeout=CHIEF_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                pass
         return 130
     finally:
         stop(tasks)

@@ -1,27 +1,33 @@
 """Writes the embedded demo dataset (synthetic photos, VOC 2012 layout) to a folder.
 
-    python3 make_sample_dataset.py --output-dir data/sample_voc
-    python3 convert_voc_to_tfrecord.py --voc-dir data/sample_voc --split-name train \\
+    .venv/bin/python make_sample_dataset.py --output-dir data/sample_voc
+    .venv/bin/python convert_voc_to_tfrecord.py --voc-dir data/sample_voc --split-name train \\
         --output-dir data/sample_tfrecords
 """
-import argparse
 import sys
 import time
 
+import config as config_lib
 from libs.datasets import sample
+from libs.utils.filesystem import one_line_errors
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = config_lib.script_parser(__doc__)
     parser.add_argument('--output-dir', required=True,
                         help='folder to write (plays the role of VOCdevkit/VOC2012)')
-    parser.add_argument('--num-train', type=int, default=300)
-    parser.add_argument('--num-val', type=int, default=40)
-    parser.add_argument('--seed', type=int, default=0)
-    return parser.parse_args(argv)
+    parser.add_argument('--num-train', type=config_lib.positive_int, default=300,
+                        help='images in the train split')
+    parser.add_argument('--num-val', type=config_lib.positive_int, default=40,
+                        help='images in the val split')
+    parser.add_argument('--seed', type=config_lib.non_negative_int, default=0,
+                        help='seed of the synthetic photos: the same seed writes the same files')
+    args = parser.parse_args(argv)
+    config_lib.check_outputs(parser, args, folders=('output_dir',))
+    return args
 
 
+@one_line_errors
 def main(argv=None):
     args = parse_args(argv)
     start = time.time()

@@ -1,37 +1,54 @@
 """Predict class maps of images with a trained DeepLabV3.
 
-    python3 predict.py --restore-from runs/stage1 --input photos/ --output-dir predictions \
-        --overlay
+    .venv/bin/python predict.py --restore-from runs/stage1 --input photos/ \\
+        --output-dir predictions --overlay
 
 For each input `<stem>.<ext>` writes `<stem>.png` (class indices as a VOC palette PNG, at the
 input's own size) and with --overlay `<stem>_overlay.jpg` (the photo tinted with the classes found,
 with a legend). --input is one file, a folder (not recursive) or a quoted glob pattern. EXIF
 orientation is applied, so outputs are upright, as image viewers show the photo. The architecture is
-read from the run's config.json. An unreadable file is reported and skipped; the exit status is
-then 1.
+read from the run's config.json. An output that would overwrite an input is refused before anything
+is written. An unreadable file is reported and skipped; the exit status is then 1.
 """
-import argparse
 import sys
 
 import config as config_lib
+from libs.utils import filesystem
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def parse_args(argv=None):
+    """The flags, the input files and their output files, all checked before TensorFlow starts.
+
+    Returns:
+        (args, input paths).
+    """
+    from libs.utils import image_io
+    p = config_lib.script_parser(__doc__)
     config_lib.add_inference_args(p)
     p.add_argument('--input', required=True, help='an image file, a folder, or a glob pattern')
     p.add_argument('--output-dir', required=True, help='where the PNGs (and overlays) go')
     p.add_argument('--overlay', action='store_true',
                    help='also write <stem>_overlay.jpg: the photo tinted, with a legend')
     args = p.parse_args(argv)
+    config_lib.check_outputs(p, args, folders=('output_dir',))
+    try:
+        paths = image_io.list_images(args.input)
+        outputs = [out for path in paths
+                   for out in image_io.output_paths(path, args.output_dir, args.overlay)]
+        filesystem.check_not_input(outputs, paths, '--output-dir')
+    except (ValueError, FileNotFoundError) as e:
+        p.error(str(e))
+    return args, paths
+
+
+@filesystem.one_line_errors
+def main(argv=None):
+    args, paths = parse_args(argv)
     from libs.evaluation import prediction
     from libs.evaluation.inference import MultiScalePredictor
     from libs.nets.folding import FoldedDeepLabV3
     from libs.runs.checkpoints import load_trained_model
-    from libs.utils import image_io
     try:
-        paths = image_io.list_images(args.input)
         model, run_config, prefix, step = load_trained_model(args.restore_from,
                                                              args.output_stride)
         predictor = MultiScalePredictor(FoldedDeepLabV3(model), run_config.num_classes,
@@ -50,7 +67,7 @@ def main(argv=None):
     print(f'Wrote {written} prediction(s) to {args.output_dir}', file=sys.stderr)
     if failures:
         print(f'error: {len(failures)} of {len(paths)} image(s) could not be predicted:\n'
-              + '\n'.join(f'  {path}: {reason}' for path, reason in failures), file=sys.stderr)
+              + prediction.format_failures(failures), file=sys.stderr)
         return 1
     return 0
 

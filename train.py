@@ -1,19 +1,24 @@
 """Train DeepLabV3 on one device: the GPU if one is visible, else the CPU.
 
-    python3 train.py --data-dir data/records --split-name train_aug --snapshot-dir runs/stage1
+    .venv/bin/python train.py --data-dir data/records --split-name train_aug \\
+        --snapshot-dir runs/stage1
 
-Re-running the same command resumes from the snapshot dir's latest checkpoint.
+Re-running the same command resumes from the snapshot dir's latest checkpoint. One run at a time
+holds a snapshot dir: a second one refuses, naming the first. Ctrl-C stops the run, saying which
+checkpoint it will resume from.
 """
 import sys
 
 import config as config_lib
-from libs.training import runner
+from libs.utils.filesystem import one_line_errors
 
 
+@one_line_errors
 def main(argv=None):
-    parser = config_lib.build_train_parser(__doc__.strip().splitlines()[0])
-    args = parser.parse_args(argv)
+    args = config_lib.parse_train_args(config_lib.build_train_parser(__doc__), argv)
     import tensorflow as tf
+
+    from libs.training import runner
     gpus = tf.config.list_physical_devices('GPU')
     print(f'Training on {"GPU " + gpus[0].name if gpus else "CPU"} '
           f'(TensorFlow {tf.__version__})', flush=True)

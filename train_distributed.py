@@ -2,10 +2,10 @@
 
 Start every ps and worker task, then the chief, all with the same host lists:
 
-    python3 train_distributed.py --job-name ps --task-index 0 $HOSTS
-    python3 train_distributed.py --job-name worker --task-index 0 $HOSTS
-    python3 train_distributed.py --job-name worker --task-index 1 $HOSTS
-    python3 train_distributed.py --job-name chief $HOSTS --data-dir data/records \\
+    .venv/bin/python train_distributed.py --job-name ps --task-index 0 $HOSTS
+    .venv/bin/python train_distributed.py --job-name worker --task-index 0 $HOSTS
+    .venv/bin/python train_distributed.py --job-name worker --task-index 1 $HOSTS
+    .venv/bin/python train_distributed.py --job-name chief $HOSTS --data-dir data/records \\
         --split-name train_aug --snapshot-dir runs/ps
 
 with HOSTS="--ps-hosts h0:2222 --worker-hosts h1:2222,h2:2222 --chief-host h3:2222". A TF_CONFIG
@@ -16,35 +16,54 @@ may die and be restarted with the same command; re-running the chief resumes fro
 checkpoint; the resumed workers read the data in new orders (exact continuation, and
 --deterministic, are for train.py and train_multi_gpu.py). See docs/distributed.md.
 """
+import json
 import os
 import sys
 
 import config as config_lib
-from libs.training import runner
+from libs.utils import filesystem
 
 
 def parse_args(argv=None):
-    parser = config_lib.build_train_parser(__doc__.strip().splitlines()[0])
+    parser = config_lib.build_train_parser(__doc__)
     g = parser.add_argument_group('cluster (ignored when TF_CONFIG is set)')
-    g.add_argument('--job-name', choices=('ps', 'worker', 'chief'))
-    g.add_argument('--task-index', type=int, default=0, help="index in the job's host list")
+    g.add_argument('--job-name', choices=('ps', 'worker', 'chief'),
+                   help="this process's job: ps and worker tasks serve, the chief trains")
+    g.add_argument('--task-index', type=config_lib.non_negative_int, default=0,
+                   help="index in the job's host list")
     g.add_argument('--ps-hosts', help='host:port,... of the ps tasks')
     g.add_argument('--worker-hosts', help='host:port,... of the worker tasks')
     g.add_argument('--chief-host', help='host:port of the chief')
-    g.add_argument('--connect-timeout', type=float, default=300.0,
+    g.add_argument('--connect-timeout', type=config_lib.positive_float, default=300.0,
                    help='seconds the chief waits for every ps and worker to accept connections')
-    args = parser.parse_args(argv)
+    args = config_lib.parse_train_args(parser, argv, check_snapshot_dir=False)
     if args.deterministic:
         parser.error('--deterministic cannot make asynchronous training reproducible: workers '
                      'apply their updates in the order they finish and crop with seeds from '
                      'their clocks; use train.py or train_multi_gpu.py for a reproducible run')
+    # Only the chief writes the snapshot dir; ps and worker tasks write nothing.
+    if _job_name(args) == 'chief':
+        config_lib.check_outputs(parser, args, folders=('snapshot_dir',))
     return args
 
 
+def _job_name(args):
+    """This task's job, from TF_CONFIG when set, else --job-name (None if TF_CONFIG is unreadable:
+    `cluster.tf_config_from_environment` reports that)."""
+    if not os.environ.get('TF_CONFIG'):
+        return args.job_name
+    try:
+        return json.loads(os.environ['TF_CONFIG'])['task']['type']
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+@filesystem.one_line_errors
 def main(argv=None):
     args = parse_args(argv)
     import tensorflow as tf
-    from libs.training import cluster
+
+    from libs.training import cluster, runner
     try:
         if os.environ.get('TF_CONFIG'):
             tf_config = cluster.tf_config_from_environment(os.environ['TF_CONFIG'])
@@ -81,6 +100,10 @@ def main(argv=None):
         print(f'error: {cluster.describe_lost_task(e, tf_config["cluster"])} '
               f'({config.snapshot_dir})', file=sys.stderr)
         status = 3
+    except (OSError, tf.errors.OpError) as e:
+        # Here rather than in `one_line_errors`: the chief must still leave through os._exit.
+        print(f'error: {filesystem.describe(e)}', file=sys.stderr)
+        status = 1
     sys.stdout.flush()
     sys.stderr.flush()
     # The coordinator's threads would keep waiting for lost workers; the run is over.

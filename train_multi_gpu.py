@@ -1,6 +1,6 @@
 """Train DeepLabV3 synchronously on several GPUs of one machine (MirroredStrategy).
 
-    python3 train_multi_gpu.py --num-gpus 4 --batch-size 16 --data-dir data/records \\
+    .venv/bin/python train_multi_gpu.py --num-gpus 4 --batch-size 16 --data-dir data/records \\
         --split-name train_aug --snapshot-dir runs/stage1
 
 --batch-size is the global batch: each GPU takes batch-size / num-gpus images. Batch norm
@@ -12,34 +12,34 @@ import argparse
 import sys
 
 import config as config_lib
-from libs.training import runner
+from libs.utils.filesystem import one_line_errors
 
 
 def parse_args(argv=None):
-    parser = config_lib.build_train_parser(__doc__.strip().splitlines()[0])
+    parser = config_lib.build_train_parser(__doc__)
     g = parser.add_argument_group('replicas')
     devices = g.add_mutually_exclusive_group()
-    devices.add_argument('--num-gpus', type=int, default=None,
+    devices.add_argument('--num-gpus', type=config_lib.positive_int, default=None,
                          help='GPUs to train on (default: every visible GPU)')
-    devices.add_argument('--cpu-devices', type=int, default=None,
+    devices.add_argument('--cpu-devices', type=config_lib.positive_int, default=None,
                          help='split the CPU into N logical devices and train on those instead')
     g.add_argument('--sync-bn', action=argparse.BooleanOptionalAction,
                    default=config_lib.TrainConfig.sync_bn,
                    help='all-reduce batch-norm statistics across replicas')
-    args = parser.parse_args(argv)
+    args = config_lib.parse_train_args(parser, argv)
     replicas = args.cpu_devices or args.num_gpus
-    if replicas is not None and replicas < 1:
-        parser.error(f'--{"cpu-devices" if args.cpu_devices is not None else "num-gpus"} must '
-                     f'be at least 1, got {replicas}')
     if replicas and args.batch_size % replicas:
         parser.error(f'--batch-size {args.batch_size} does not split evenly over {replicas} '
                      f'replicas; use a multiple of {replicas}')
     return args
 
 
+@one_line_errors
 def main(argv=None):
     args = parse_args(argv)
     import tensorflow as tf
+
+    from libs.training import runner
     from libs.training.loop import make_deterministic
     from libs.training.mirrored import mirrored_strategy
     if args.deterministic:

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from libs.datasets import conversion, voc
 from libs.datasets.shards import default_num_shards, worker_map, write_shards
+from libs.utils import messages
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ def _entries(index, image_dir, annotation_file, class_map):
         if unknown:
             problems.append(conversion.Problem(
                 image_id, annotation_file,
-                f'annotations {unknown[:conversion.MAX_LISTED]} name a category_id not in '
+                f'annotations {unknown[:messages.MAX_LISTED]} name a category_id not in '
                 'categories'))
         entries.append(_Entry(image_id, os.path.join(image_dir, file_name), int(image['height']),
                               int(image['width']), tuple(shapes), annotation_file))
@@ -279,7 +280,7 @@ def convert_coco(annotation_file, image_dir, split_name, output_dir,
     if duplicates:
         raise conversion.ConversionError(
             f'{annotation_file} lists image names more than once: '
-            f'{duplicates[:conversion.MAX_LISTED]}')
+            f'{duplicates[:messages.MAX_LISTED]}')
     for w in warnings:
         logger.warning('%s', w)
 
@@ -289,16 +290,14 @@ def convert_coco(annotation_file, image_dir, split_name, output_dir,
                             unit='img', disable=not progress))
         problems += [p for c in checked for p in c.problems]
         if problems and not skip_invalid:
-            raise conversion.ConversionError(
-                '\n'.join([f'refusing to convert {annotation_file}: '
-                           f'{len({p.image_id for p in problems})} of {len(entries)} images are '
-                           'invalid; nothing was written'] + [f'  {p}' for p in problems]),
-                problems)
+            raise conversion.ConversionError(conversion.describe_problems(
+                f'refusing to convert {annotation_file}: {len({p.image_id for p in problems})} '
+                f'of {len(entries)} images are invalid; nothing was written', problems), problems)
         bad_ids = {p.image_id for p in problems}
         valid = [c for c in checked if c.entry.image_id not in bad_ids]
         if problems:
             logger.warning('skipped %d invalid images:\n%s', len(bad_ids),
-                           '\n'.join(f'  {p}' for p in problems))
+                           messages.listing(problems))
         kept = [c for c in valid if c.voc_pixels >= min_voc_pixels]
         dropped = [c.entry.image_id for c in valid if c.voc_pixels < min_voc_pixels]
         logger.info('%d of %d valid images hold at least %d VOC-class pixels; %d dropped',

@@ -26,14 +26,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from libs.datasets import voc
+from libs.runs import lock
 from libs.datasets.shards import default_num_shards, worker_map, write_shards
+from libs.utils import messages
 
 logger = logging.getLogger(__name__)
 
 AUG_LABEL_DIR = 'SegmentationClassAug'
 # PIL modes TensorFlow's decode_image(channels=3) turns into 8-bit RGB.
 _IMAGE_MODES = {'jpeg': ('RGB', 'L'), 'png': ('RGB', 'RGBA', 'L', 'LA', 'P')}
-MAX_LISTED = 10  # entries a message lists before it abbreviates
 
 
 class EntryError(ValueError):
@@ -140,8 +141,9 @@ def _colours_to_indices(rgb):
     indices = [lookup.get(c) for c in colours.tolist()]
     foreign = [c for c, i in zip(colours.tolist(), indices) if i is None]
     if foreign:
-        shown = ', '.join(str((c >> 16, (c >> 8) & 255, c & 255)) for c in foreign[:MAX_LISTED])
-        more = f' and {len(foreign) - MAX_LISTED} more' if len(foreign) > MAX_LISTED else ''
+        limit = messages.MAX_LISTED
+        shown = ', '.join(str((c >> 16, (c >> 8) & 255, c & 255)) for c in foreign[:limit])
+        more = f' and {len(foreign) - limit} more' if len(foreign) > limit else ''
         raise EntryError(
             f'label is an RGB image with colours that are not VOC palette colours: {shown}{more}; '
             'labels must be palette (P) or greyscale (L) PNGs of class indices')
@@ -234,7 +236,7 @@ def _check(entry):
             if bad:
                 problems.append(Problem(
                     image_id, label_path, f'label values outside 0..{num_classes - 1} and '
-                    f'{voc.IGNORE_LABEL}: {bad[:MAX_LISTED]}'))
+                    f'{voc.IGNORE_LABEL}: {bad[:messages.MAX_LISTED]}'))
     width, height = size if size is not None else (0, 0)
     return _Checked(image_id, image_path, label_path, fmt, height, width, tuple(problems),
                     tuple(warnings))
@@ -256,15 +258,42 @@ def _encode(checked):
             encode_label(label))
 
 
-def _refusal(split_name, problems, num_entries, label_dir):
+def _cause(reason):
+    """The kind of a problem, e.g. 'missing label' or 'size mismatch' (its reason up to ':')."""
+    return reason.split(':')[0]
+
+
+def describe_problems(header, problems, likely_cause=None):
+    """A refusal that fits a screen: the header, the likely cause, the count of each kind of
+    problem, then at most `messages.MAX_LISTED` entries and the count of the rest.
+
+    Args:
+        header: the first line, e.g. "refusing to convert split 'val': ...".
+        problems: `Problem`s.
+        likely_cause: a line saying what probably went wrong, or None.
+    """
+    counts = collections.Counter(_cause(p.reason) for p in problems)
+    lines = [header] + ([likely_cause] if likely_cause else [])
+    lines.append('problems: ' + '; '.join(f'{cause} ({n})' for cause, n in counts.most_common()))
+    return '\n'.join(lines + [messages.listing(problems)])
+
+
+def _refusal(split_name, problems, num_entries, label_dir, image_dir):
     bad_ids = {p.image_id for p in problems}
-    lines = [f'refusing to convert split {split_name!r}: {len(bad_ids)} of {num_entries} '
-             'entries are invalid; nothing was written']
-    lines += [f'  {p}' for p in problems]
-    missing_labels = {p.image_id for p in problems if p.reason == 'missing label'}
-    if len(missing_labels) == num_entries:
-        lines.append(f'no label of this split is in {label_dir}: is it the right label folder?')
-    return '\n'.join(lines)
+    counts = collections.Counter(_cause(p.reason) for p in problems)
+    likely_cause = None
+    if counts['missing label'] == num_entries:
+        likely_cause = (f'no label of this split is in {label_dir}: is it the right label folder '
+                        '(--label-dir)?')
+    elif counts['missing image'] == num_entries:
+        likely_cause = (f'no image of this split is in {image_dir}: is --voc-dir the VOC2012 '
+                        'folder?')
+    elif counts['label values outside 0..'] * 2 > len(bad_ids):
+        likely_cause = ('most labels hold classes beyond --num-classes: do the labels have more '
+                        'classes than that?')
+    return describe_problems(
+        f'refusing to convert split {split_name!r}: {len(bad_ids)} of {num_entries} entries are '
+        'invalid; nothing was written', problems, likely_cause)
 
 
 def _check_train_aug(ids, split_file):
@@ -316,7 +345,7 @@ def convert_split(voc_dir, split_name, output_dir, label_dir=None, split_file=No
     duplicates = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
     if duplicates:
         raise ConversionError(f'split list {split_file} lists ids more than once: '
-                              f'{duplicates[:MAX_LISTED]}')
+                              f'{duplicates[:messages.MAX_LISTED]}')
     for folder, what in ((image_dir, 'image folder'), (label_dir, 'label folder')):
         if not os.path.isdir(folder):
             raise FileNotFoundError(f'{what} not found: {folder}')
@@ -333,11 +362,12 @@ def convert_split(voc_dir, split_name, output_dir, label_dir=None, split_file=No
             logger.warning('%s', w)
         problems = [p for c in checked for p in c.problems]
         if problems and not skip_invalid:
-            raise ConversionError(_refusal(split_name, problems, len(ids), label_dir), problems)
+            raise ConversionError(_refusal(split_name, problems, len(ids), label_dir, image_dir),
+                                  problems)
         valid = [c for c in checked if not c.problems]
         if problems:
             logger.warning('skipped %d invalid entries:\n%s', len(ids) - len(valid),
-                           '\n'.join(f'  {p}' for p in problems))
+                           messages.listing(problems))
         if not valid:
             raise ConversionError(f'no valid entry in split {split_name!r}; nothing was written',
                                   problems)
@@ -356,7 +386,8 @@ def run_for_script(convert, output_dir, skip_hint):
         skip_hint: what `--skip-invalid` writes instead, e.g. 'the valid pairs only'.
     Returns:
         (result, seconds taken, exit status): the status is 0 with a result; 1 (refused input:
-        a `ConversionError`, a missing file or a bad value) or 130 (interrupted) with None.
+        a `ConversionError`, a missing file, a bad value, the split being written by another
+        conversion) or 130 (interrupted) with None.
     """
     logging.basicConfig(level=logging.INFO, format='%(levelname)s: %(message)s')
     start = time.time()
@@ -366,7 +397,7 @@ def run_for_script(convert, output_dir, skip_hint):
         hint = f'\n(--skip-invalid writes {skip_hint})' if e.problems else ''
         print(f'error: {e}{hint}', file=sys.stderr)
         return None, time.time() - start, 1
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, lock.FolderInUse) as e:
         print(f'error: {e}', file=sys.stderr)
         return None, time.time() - start, 1
     except KeyboardInterrupt:

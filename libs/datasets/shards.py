@@ -3,6 +3,9 @@
 Both converters (VOC in `conversion`, COCO in `coco`) end here: their validated entries are
 encoded in worker processes and written as `{split}-%05d-of-%05d.tfrecord` shards under temporary
 names, renamed only once all are complete, so an error or Ctrl-C never leaves a partial shard set.
+A SIGKILL can leave temporaries: the next conversion of the split removes them (it holds the split
+in that folder, so no other live conversion is writing them). Worker processes end with the
+converter, however it ends.
 """
 import concurrent.futures
 import contextlib
@@ -16,6 +19,9 @@ import signal
 
 from tqdm import tqdm
 
+from libs.runs import lock
+from libs.utils.processes import die_with_parent
+
 logger = logging.getLogger(__name__)
 
 
@@ -26,9 +32,11 @@ def default_num_shards(num_images):
     return max(1, min(4 if num_images <= 2000 else 10, num_images))
 
 
-def _ignore_sigint():
-    # Ctrl-C is handled by the parent, which stops the pool and removes temporaries.
+def _start_worker(parent_pid):
+    # Ctrl-C is handled by the parent, which stops the pool and removes temporaries; a parent
+    # killed outright takes its workers with it instead of leaving them to init.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent_pid)
 
 
 @contextlib.contextmanager
@@ -43,7 +51,8 @@ def worker_map(num_workers, num_items):
         return
     # 'spawn', not 'fork': the parent may have loaded TensorFlow, which is not fork-safe.
     executor = concurrent.futures.ProcessPoolExecutor(
-        num_workers, mp_context=multiprocessing.get_context('spawn'), initializer=_ignore_sigint)
+        num_workers, mp_context=multiprocessing.get_context('spawn'), initializer=_start_worker,
+        initargs=(os.getpid(),))
     try:
         yield functools.partial(executor.map,
                                 chunksize=max(1, min(16, num_items // (4 * num_workers))))
@@ -57,12 +66,29 @@ def _shard_sizes(num_items, num_shards):
     return [b - a for a, b in zip(bounds, bounds[1:])]
 
 
+def remove_stale_temporaries(output_dir, split_name, log=logger.warning):
+    """Removes the temporary shards of `split_name` that a killed conversion left in `output_dir`.
+
+    Call only while holding the split (as `write_shards` does). Returns the removed paths.
+    """
+    stale_re = re.compile(r'^\.' + re.escape(split_name) + r'-\d{5}-of-\d{5}\.tfrecord\.tmp-\d+$')
+    removed = []
+    for name in sorted(os.listdir(output_dir)):
+        if stale_re.match(name):
+            os.remove(os.path.join(output_dir, name))
+            removed.append(os.path.join(output_dir, name))
+            log('removed %s, left by an earlier conversion that was killed', removed[-1])
+    return removed
+
+
 def write_shards(items, encode, output_dir, split_name, num_shards, mapper=map, progress=True):
     """Writes `items` as `{split_name}-%05d-of-%05d.tfrecord` shards, atomically.
 
     Shards are written under temporary names and renamed only once all are complete; on any
     error (or Ctrl-C) the temporaries are removed and no shard of this run is left behind.
-    Afterwards, shards of `split_name` with another shard count are removed.
+    Afterwards, shards of `split_name` with another shard count are removed. The split is held in
+    `output_dir` meanwhile (`lock.hold`): a second conversion of it into the same folder refuses;
+    temporaries an earlier killed conversion left are removed first.
 
     Args:
         items: the entries to write, in order; contiguous runs of them form the shards.
@@ -76,14 +102,28 @@ def write_shards(items, encode, output_dir, split_name, num_shards, mapper=map, 
 
     Returns:
         The shard paths.
+    Raises:
+        lock.FolderInUse: another live conversion writes this split into `output_dir`.
     """
+    created_dir = not os.path.isdir(output_dir)
+    try:
+        with lock.hold(output_dir, f'converting split {split_name}', f'.{split_name}.lock',
+                       flag='--output-dir'):
+            remove_stale_temporaries(output_dir, split_name)
+            return _write_held(items, encode, output_dir, split_name, num_shards, mapper,
+                               progress)
+    except BaseException:
+        if created_dir and os.path.isdir(output_dir) and not os.listdir(output_dir):
+            os.rmdir(output_dir)
+        raise
+
+
+def _write_held(items, encode, output_dir, split_name, num_shards, mapper, progress):
     # TensorFlow is imported only here so that validation workers need not load it.
     import tensorflow as tf
 
     from libs.datasets import tfrecord
 
-    created_dir = not os.path.isdir(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
     names = [tfrecord.shard_name(split_name, i, num_shards) for i in range(num_shards)]
     temps = [os.path.join(output_dir, f'.{name}.tmp-{os.getpid()}') for name in names]
     try:
@@ -100,8 +140,6 @@ def write_shards(items, encode, output_dir, split_name, num_shards, mapper=map, 
         for temp in temps:
             if os.path.exists(temp):
                 os.remove(temp)
-        if created_dir and not os.listdir(output_dir):
-            os.rmdir(output_dir)
         raise
     # A former conversion of this split with another shard count would make the set ambiguous.
     stale_re = re.compile(re.escape(split_name) + r'-\d{5}-of-\d{5}\.tfrecord$')

@@ -146,3 +146,10 @@ def list_shards(data_dir, split):
         raise FileNotFoundError(f'incomplete or inconsistent shard set for split {split!r} in '
                                 f'{data_dir}: missing {names}')
     return [os.path.join(data_dir, name) for _, _, name in sorted(shards)]
+
+
+def count_records(paths):
+    """The number of records in the files `paths`, read without parsing them (for progress bars).
+    """
+    records = tf.data.TFRecordDataset(paths)
+    return int(records.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))

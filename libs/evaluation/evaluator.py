@@ -16,8 +16,27 @@ from libs.utils import visualize
 from libs.utils.image_io import atomic_output
 
 
+def check_label_values(image_id, label, num_classes, ignore_label):
+    """Refuses a label holding a value the model has no class for.
+
+    `metrics.confusion_matrix` would drop such pixels silently and report a meaningless mIoU.
+
+    Args:
+        image_id: names the image in the message.
+        label: int array [H, W].
+    Raises:
+        ValueError: naming the image, the label value and the class count.
+    """
+    outside = (label != ignore_label) & ((label < 0) | (label >= num_classes))
+    if outside.any():
+        raise ValueError(
+            f'{image_id}: label {int(label[outside].max())} found, but the model has '
+            f'{num_classes} classes (0..{num_classes - 1}, {ignore_label} ignored): the records '
+            'were converted for another class count than the run was trained with')
+
+
 def evaluate_dataset(predictor, dataset, num_classes, ignore_label=255, save_predictions_dir=None,
-                     progress=True, max_images=None, on_prediction=None):
+                     progress=True, max_images=None, on_prediction=None, num_images=None):
     """Predicts every image of `dataset` and scores the predictions against the labels.
 
     Args:
@@ -31,6 +50,8 @@ def evaluate_dataset(predictor, dataset, num_classes, ignore_label=255, save_pre
             `<image_id>.png` (the folder is created).
         progress: show a progress bar on stderr.
         max_images: evaluate only the first `max_images` images.
+        num_images: how many images `dataset` holds, for the progress bar's total and ETA (a
+            dataset of TFRecords does not know it).
         on_prediction: if given, called after each image as `on_prediction(image_id, image,
             label, prediction)` with the id (str) and NumPy arrays (image float32 [H, W, 3]
             normalized, label and prediction int [H, W]), e.g. to score images one by one.
@@ -41,14 +62,17 @@ def evaluate_dataset(predictor, dataset, num_classes, ignore_label=255, save_pre
         `confusion_matrix` (C lists of C ints, rows ground truth) and `num_images`.
 
     Raises:
-        ValueError: if the dataset yields no image, or a label's size differs from its image's.
+        ValueError: if the dataset yields no image, a label's size differs from its image's, or a
+            label holds a value outside 0..num_classes-1 other than `ignore_label`.
     """
     if max_images is not None:
         dataset = dataset.take(max_images)
     if save_predictions_dir is not None:
         os.makedirs(save_predictions_dir, exist_ok=True)
     cardinality = int(dataset.cardinality())
-    total = cardinality if cardinality >= 0 else None
+    total = cardinality if cardinality >= 0 else num_images
+    if total is not None and max_images is not None:
+        total = min(total, max_images)
     accumulator = metrics.ConfusionAccumulator(num_classes)
     num_images = 0
     for example in tqdm(dataset, total=total, file=sys.stderr, disable=not progress,
@@ -59,6 +83,7 @@ def evaluate_dataset(predictor, dataset, num_classes, ignore_label=255, save_pre
             raise ValueError(
                 f'{image_id}: label size {label.shape} differs from image size '
                 f'{example["image"].shape[:2]}; labels are never resized for evaluation')
+        check_label_values(image_id, label.numpy(), num_classes, ignore_label)
         prediction = predictor.predict(example['image'])
         accumulator.update(metrics.confusion_matrix(label, prediction, num_classes, ignore_label))
         if save_predictions_dir is not None:

@@ -13,9 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from libs.datasets import input_pipeline, voc
-from libs.utils import image_io, visualize
-
-OVERLAY_SUFFIX = '_overlay.jpg'
+from libs.utils import image_io, messages, visualize
 
 
 def class_names_for(num_classes):
@@ -103,9 +101,14 @@ def predict_files(predictor, paths, output_dir, class_names, overlay=False, prog
             failures.append((path, f'prediction failed: {e.message}'))
             log(f'skipped {path}: prediction failed: {e.message}')
             continue
-        stem = image_io.output_stem(path)
-        visualize.save_palette_png(os.path.join(output_dir, stem + '.png'), prediction)
+        outputs = image_io.output_paths(path, output_dir, overlay)
+        visualize.save_palette_png(outputs[0], prediction)
         if overlay:
-            image_io.save_image_atomic(os.path.join(output_dir, stem + OVERLAY_SUFFIX),
+            image_io.save_image_atomic(outputs[1],
                                        overlay_with_legend(image, prediction, class_names))
     return failures
+
+
+def format_failures(failures):
+    """The lines of `predict_files`' failures, a screenful at most (`messages.listing`)."""
+    return messages.listing([f'{path}: {reason}' for path, reason in failures])

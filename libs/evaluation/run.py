@@ -1,4 +1,5 @@
 """Evaluating a training run's checkpoint on a split: what evaluate.py does, callable from code."""
+import os
 
 from libs.datasets import input_pipeline, tfrecord
 from libs.evaluation import metrics, report as report_lib
@@ -42,7 +43,8 @@ def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=
     result = evaluate_dataset(predictor, input_pipeline.eval_dataset(files),
                               run_config.num_classes, run_config.ignore_label,
                               save_predictions_dir=save_predictions_dir, progress=progress,
-                              max_images=max_images, on_prediction=image_scores)
+                              max_images=max_images, on_prediction=image_scores,
+                              num_images=tfrecord.count_records(files) if progress else None)
     report = result_to_json_dict(result, class_names, scales=list(scales), flip=flip,
                                  output_stride=run_config.output_stride, checkpoint=prefix,
                                  global_step=step, split=split_name)
@@ -50,6 +52,7 @@ def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=
         {'per_class_iou': [float('nan') if v is None else v for v in result['per_class_iou']],
          'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy']}, class_names))
     if output_json:
+        os.makedirs(os.path.dirname(os.path.abspath(output_json)), exist_ok=True)
         write_json_atomic(output_json, report)
     if report_dir:
         index = report_lib.write_report(report_dir, report, class_names, image_scores,

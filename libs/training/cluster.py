@@ -365,5 +365,6 @@ def describe_lost_task(error, cluster):
     where = ', '.join(f'{task_name(job, i)} at {cluster[job][i]}' for job, i in lost
                       if i < len(cluster.get(job, ()))) or 'a task'
     return (f'lost {where}: the variables live on the ps tasks, so training cannot go on. '
-            'Restart the ps task with the same command (the workers may keep running), then '
-            're-run the chief: it resumes from the last checkpoint')
+            'Restart the ps task with the command that started it (the workers may keep '
+            'running), then re-run the chief: it resumes from the last checkpoint. Under '
+            'launch_local_cluster.py, re-run the launcher instead: it starts a new cluster')

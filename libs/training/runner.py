@@ -1,19 +1,59 @@
-"""What the training scripts share after choosing a strategy: run the loop, turn the errors a user
-can act on into a one-line message and an exit status."""
+"""What the training scripts share after choosing a strategy: hold the snapshot dir, clear what an
+earlier killed run left in it, run the loop, and turn the errors a user can act on (and Ctrl-C)
+into a one-line message and an exit status."""
 import sys
 
+import tensorflow as tf
+
+from libs.runs import checkpoints, leftovers, lock
 from libs.training.loop import TrainingDiverged, train
+from libs.training.step import describe_label_error
+
+
+def _interrupted_line(snapshot_dir):
+    latest = tf.train.latest_checkpoint(snapshot_dir)
+    if latest is None:
+        return f'interrupted before the first checkpoint; nothing was saved in {snapshot_dir}'
+    step = checkpoints.describe_checkpoint(latest)['global_step']
+    return (f'interrupted; the last checkpoint is {latest} (step {step}): re-run the same '
+            'command to resume from it')
+
+
+def _log(line):
+    print(line, flush=True)
 
 
 def run_training(config, strategy=None, coordinator=None):
-    """Runs `loop.train`; returns the process exit status (0 on success)."""
+    """Runs `loop.train` holding `config.snapshot_dir`; returns the process exit status.
+
+    Statuses: 0 done, 1 refused (bad input, the folder in use, a file-system fault), 2 diverged,
+    130 interrupted (Ctrl-C).
+    """
     try:
-        train(config, strategy=strategy, coordinator=coordinator,
-              log=lambda line: print(line, flush=True))
+        with lock.hold(config.snapshot_dir, 'training'):
+            leftovers.remove_leftovers(config.snapshot_dir, _log)
+            try:
+                train(config, strategy=strategy, coordinator=coordinator, log=_log)
+            except BaseException:
+                # A save that Ctrl-C or a full disk cut short: its temporaries go now.
+                leftovers.remove_leftovers(config.snapshot_dir, lambda line: None)
+                raise
+    except lock.FolderInUse as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
     except TrainingDiverged as e:
         print(f'error: training diverged: {e}', file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f'\n{_interrupted_line(config.snapshot_dir)}', file=sys.stderr, flush=True)
+        return 130
+    except tf.errors.InvalidArgumentError as e:
+        message = describe_label_error(e, config)
+        if message is None:
+            raise
+        print(f'error: {message}', file=sys.stderr)
         return 1
     return 0

@@ -5,11 +5,48 @@ ignored plus weight decay, momentum SGD with a poly learning rate. The loss of a
 by the valid pixels of the whole global batch, so N replicas compute exactly the gradient of one
 device given the whole batch.
 """
+import re
+
 import tensorflow as tf
 
 from libs.evaluation.metrics import confusion_matrix
 from libs.training.losses import masked_cross_entropy_sum, weight_decay_loss
 from libs.training.schedules import poly_learning_rate
+
+
+# Tags the assertion of `check_labels` so that `describe_label_error` can tell it from others.
+_LABEL_ERROR = 'label outside the model classes:'
+_LABEL_ERROR_RE = re.compile(re.escape(_LABEL_ERROR) + r'\]\s*\[(-?\d+)\]')
+
+
+def check_labels(labels, num_classes, ignore_label):
+    """`labels`, after an assertion that each is in 0..num_classes-1 or is `ignore_label`.
+
+    A label the model has no class for would otherwise reach the loss as a raw TensorFlow error
+    (or, in the confusion matrix, be dropped silently).
+
+    Args:
+        labels: int32 [B, H, W].
+    Returns:
+        `labels`, [B, H, W], to be used in its place (it carries the assertion).
+    """
+    outside = tf.logical_and(tf.not_equal(labels, ignore_label),
+                             tf.logical_or(labels < 0, labels >= num_classes))
+    worst = tf.reduce_max(tf.where(outside, tf.abs(labels), -1))
+    check = tf.debugging.Assert(worst < 0, [_LABEL_ERROR, worst], summarize=1)
+    with tf.control_dependencies([check]):
+        return tf.identity(labels)
+
+
+def describe_label_error(error, config):
+    """The one-line message for the `InvalidArgumentError` of `check_labels`, else None."""
+    match = _LABEL_ERROR_RE.search(str(error))
+    if match is None:
+        return None
+    return (f'the records of split {config.split_name!r} in {config.data_dir} hold label '
+            f'{match[1]}, but the model has --num-classes {config.num_classes} (labels 0..'
+            f'{config.num_classes - 1}, and --ignore-label {config.ignore_label}): give the '
+            'class count the records were converted with')
 
 
 def build_optimizer(config, global_step):
@@ -75,6 +112,7 @@ def build_train_step(model, optimizer, global_step, strategy, config):
 
     def step_fn(images, labels):
         replica = tf.distribute.get_replica_context()
+        labels = check_labels(labels, config.num_classes, config.ignore_label)
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             loss_sum, valid, logits = masked_cross_entropy_sum(logits, labels,

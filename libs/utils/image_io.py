@@ -13,6 +13,7 @@ from PIL import Image, ImageOps
 
 # Extensions picked up from a folder (lower case). A named file is read whatever its extension.
 IMAGE_EXTENSIONS = ('.bmp', '.gif', '.jpeg', '.jpg', '.png', '.tif', '.tiff', '.webp')
+OVERLAY_SUFFIX = '_overlay.jpg'
 
 
 def list_images(spec):
@@ -55,6 +56,12 @@ def list_images(spec):
 def output_stem(path):
     """The file name of `path` without its extension: outputs are `<stem>.png` and so on."""
     return os.path.splitext(os.path.basename(path))[0]
+
+
+def output_paths(path, output_dir, overlay):
+    """The files predicting `path` writes: `<stem>.png` and, with `overlay`, the overlay."""
+    stem = os.path.join(output_dir, output_stem(path))
+    return [stem + '.png'] + ([stem + OVERLAY_SUFFIX] if overlay else [])
 
 
 def read_rgb(path):
