@@ -217,8 +217,8 @@ def test_each_epoch_has_its_own_order_and_resuming_keeps_it(shards):
 
 
 def test_count_records_reads_headers_and_names_a_truncated_file(shards, tmp_path):
-    assert input_pipeline.count_records(shards) == 3
+    assert tfrecord.count_records(shards) == 3
     truncated = tmp_path / 'cut.tfrecord'
     truncated.write_bytes(open(shards[0], 'rb').read()[:-10])
     with pytest.raises(ValueError, match=f'{truncated} ends inside a record'):
-        input_pipeline.count_records([shards[1], str(truncated)])
+        tfrecord.count_records([shards[1], str(truncated)])

@@ -96,35 +96,6 @@ def _augment(example, seed, crop_size, random_scale, random_mirror, ignore_label
             tf.ensure_shape(label[..., 0], [crop_h, crop_w]))
 
 
-def count_records(paths):
-    """The number of records in TFRecord files, read from the length headers only.
-
-    A TFRecord is a uint64 length, a uint32 CRC of it, the data and a uint32 CRC of the data;
-    seeking over the data makes counting a split of any size cost a few reads per record.
-
-    Args:
-        paths: TFRecord file paths.
-    Returns:
-        int.
-    Raises:
-        ValueError: naming the file, when one ends inside a record.
-    """
-    total = 0
-    for path in paths:
-        size = tf.io.gfile.stat(path).length
-        with tf.io.gfile.GFile(path, 'rb') as f:
-            position = 0
-            while position < size:
-                header = f.read(12)
-                length = int.from_bytes(header[:8], 'little') if len(header) == 12 else size
-                position += 12 + length + 4
-                if position > size:
-                    raise ValueError(f'{path} ends inside a record (truncated at byte {size})')
-                f.seek(position)
-                total += 1
-    return total
-
-
 def _fold_seed(seed, salt, index):
     """A stateless seed (int64 [2]) of `seed`, a purpose `salt` and an epoch or example index."""
     key = tf.stack([tf.cast(seed, tf.int64), tf.constant(salt, tf.int64)])
@@ -192,7 +163,7 @@ def train_dataset(file_pattern_or_paths, batch_size, crop_size=513, random_scale
         seed = tf.random.uniform([], maxval=tf.int64.max, dtype=tf.int64)
     start_epoch, skip = 0, 0
     if start_example:
-        num_records = count_records(paths)
+        num_records = tfrecord.count_records(paths)
         if not num_records:
             raise ValueError(f'no records in {", ".join(paths)}')
         start_epoch, skip = divmod(start_example, num_records)

@@ -149,7 +149,29 @@ def list_shards(data_dir, split):
 
 
 def count_records(paths):
-    """The number of records in the files `paths`, read without parsing them (for progress bars).
+    """The number of records in TFRecord files, read from the length headers only.
+
+    A TFRecord is a uint64 length, a uint32 CRC of it, the data and a uint32 CRC of the data;
+    seeking over the data makes counting a split of any size cost a few reads per record.
+
+    Args:
+        paths: TFRecord file paths.
+    Returns:
+        int.
+    Raises:
+        ValueError: naming the file, when one ends inside a record.
     """
-    records = tf.data.TFRecordDataset(paths)
-    return int(records.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+    total = 0
+    for path in paths:
+        size = tf.io.gfile.stat(path).length
+        with tf.io.gfile.GFile(path, 'rb') as f:
+            position = 0
+            while position < size:
+                header = f.read(12)
+                length = int.from_bytes(header[:8], 'little') if len(header) == 12 else size
+                position += 12 + length + 4
+                if position > size:
+                    raise ValueError(f'{path} ends inside a record (truncated at byte {size})')
+                f.seek(position)
+                total += 1
+    return total
