@@ -299,9 +299,12 @@ def parse_train_args(parser, argv=None, check_snapshot_dir=True):
     return args
 
 
+PRECISIONS = ('float32', 'bfloat16', 'float16')
+
+
 def add_inference_args(parser):
     """The flags evaluate.py, predict.py and export.py share: which run, at which output stride,
-    with which scales and flips (paper, section 4.1)."""
+    with which scales and flips (paper, section 4.1), sliding windows and precision."""
     parser.add_argument('--restore-from', required=True,
                         help='snapshot dir (its latest checkpoint) or one checkpoint prefix')
     parser.add_argument('--output-stride', type=int, choices=(8, 16, 32), default=None,
@@ -310,6 +313,22 @@ def add_inference_args(parser):
                         help='input scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75')
     parser.add_argument('--flip', action='store_true',
                         help='also average left-right flipped inputs')
+    parser.add_argument('--crop-size', type=positive_int, default=None,
+                        help='sliding-window inference with windows of N x N pixels (of each '
+                             'scaled image), for images larger than memory allows; default: the '
+                             'whole image at once')
+    parser.add_argument('--stride', type=positive_int, default=None,
+                        help='step between sliding windows; default two thirds of --crop-size')
+    parser.add_argument('--precision', choices=PRECISIONS, default='float32',
+                        help='dtype the network computes in (weights stay float32; softmax and '
+                             'averaging float32). bfloat16: CPUs with AVX512_BF16, Ampere and '
+                             'later GPUs; float16: GPUs only')
+
+
+def check_inference_args(parser, args):
+    """Refusals that concern several inference flags together (argparse's one-line error)."""
+    if args.stride is not None and args.crop_size is None:
+        parser.error('--stride needs --crop-size (sliding-window inference)')
 
 
 def config_from_args(args, **overrides):

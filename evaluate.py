@@ -30,7 +30,17 @@ def parse_args(argv=None):
     p.add_argument('--report', default=None, metavar='DIR',
                    help='write an HTML report here: confusion matrix, per-class IoU, worst and '
                    'best images')
+    p.add_argument('--tflite', default=None, metavar='FILE',
+                   help="evaluate this TFLite export of the run (export.py --format tflite: its "
+                        "folder or its model.tflite) instead of the checkpoint's network")
     args = p.parse_args(argv)
+    config_lib.check_inference_args(p, args)
+    if args.tflite and (tuple(args.scales) != (1.0,) or args.flip or args.crop_size
+                        or args.precision != 'float32' or args.output_stride):
+        p.error('--tflite runs the exported model as it is: no --scales, --flip, --crop-size, '
+                '--precision or --output-stride')
+    if args.tflite and not os.path.exists(args.tflite):
+        p.error(f'--tflite {args.tflite}: no such file or folder')
     config_lib.check_outputs(p, args, folders=('save_predictions', 'report'),
                              files=('output_json',))
     if args.output_json:
@@ -46,13 +56,16 @@ def parse_args(argv=None):
 @filesystem.one_line_errors
 def main(argv=None):
     args = parse_args(argv)
+    from libs.evaluation.inference import InferenceOptions
     from libs.evaluation.run import evaluate_checkpoint
     try:
         evaluate_checkpoint(args.restore_from, args.data_dir, args.split_name,
-                            output_stride=args.output_stride, scales=args.scales, flip=args.flip,
+                            output_stride=args.output_stride,
+                            options=InferenceOptions.from_args(args),
                             output_json=args.output_json,
                             save_predictions_dir=args.save_predictions,
-                            max_images=args.max_images, report_dir=args.report)
+                            max_images=args.max_images, report_dir=args.report,
+                            tflite_model=args.tflite)
     except (ValueError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

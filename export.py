@@ -1,12 +1,20 @@
-"""Export a trained DeepLabV3 as a SavedModel for serving (encoded image bytes in, class map out).
+"""Export a trained DeepLabV3 for serving (a SavedModel) or for devices (TFLite, float or int8).
 
     .venv/bin/python export.py --restore-from runs/stage1 --output-dir models/deeplab/1 \\
         --output-stride 8
+    .venv/bin/python export.py --restore-from runs/stage1 --output-dir deeplab_int8 \\
+        --format tflite --quantize int8 --canvas-size 513
 
-Signature `serving_default`: input `image_bytes` (scalar string: an encoded JPEG or PNG), outputs
-`semantic` (int32 [H, W]) and `probabilities` (float32 [H, W, C]) at the image's own size. Batch
-norm is folded into the convolutions. EXIF orientation is not applied inside the SavedModel. See
-docs/serving.md for TensorFlow Serving. The architecture is read from the run's config.json.
+SavedModel, signature `serving_default`: input `image_bytes` (scalar string: an encoded JPEG or
+PNG), outputs `semantic` (int32 [H, W]) and `probabilities` (float32 [H, W, C]) at the image's own
+size, with the inference options given here (scales, flip, sliding windows, precision). EXIF
+orientation is not applied inside the SavedModel. See docs/serving.md for TensorFlow Serving.
+
+TFLite: `model.tflite` and `labels.txt`. Input `image` float32 [1, S, S, 3], RGB pixels 0..255 with
+the image at the top left and the rest the mean pixel (S = --canvas-size); output `probabilities`
+[1, S, S, C]. int8 is calibrated on --num-calibration-images records of --calibration-split.
+Batch norm is folded into the convolutions in both formats. The architecture is read from the
+run's config.json.
 """
 import sys
 
@@ -18,30 +26,73 @@ def parse_args(argv=None):
     p = config_lib.script_parser(__doc__)
     config_lib.add_inference_args(p)
     p.add_argument('--output-dir', required=True,
-                   help='the SavedModel folder to create (must not exist, or be empty)')
+                   help='the folder to create (must not exist, or be empty)')
+    p.add_argument('--format', choices=('saved_model', 'tflite'), default='saved_model',
+                   help='a SavedModel (any image size, encoded bytes in) or TFLite (one canvas)')
+    p.add_argument('--quantize', choices=('none', 'float16', 'int8'), default='none',
+                   help='TFLite: float32 weights, float16 weights, or int8 weights and '
+                        'activations (post-training quantization)')
+    p.add_argument('--canvas-size', type=config_lib.positive_int, default=513,
+                   help='TFLite: the S x S input, OS*k + 1, the largest image side it takes')
+    p.add_argument('--data-dir', default=None,
+                   help="TFLite int8: folder of the calibration records; default the run's")
+    p.add_argument('--calibration-split', default=None,
+                   help="TFLite int8: split whose first images calibrate; default the run's "
+                        'training split')
+    p.add_argument('--num-calibration-images', type=config_lib.positive_int, default=100,
+                   help='TFLite int8: images that calibrate the activation ranges')
     args = p.parse_args(argv)
+    config_lib.check_inference_args(p, args)
+    if args.format == 'tflite':
+        if (tuple(args.scales) != (1.0,) or args.flip or args.crop_size is not None
+                or args.precision != 'float32'):
+            p.error('--format tflite runs one scale on one canvas: --scales, --flip, '
+                    '--crop-size and --precision are for the SavedModel (use --quantize)')
+    elif args.quantize != 'none':
+        p.error('--quantize is for --format tflite')
     config_lib.check_outputs(p, args, folders=('output_dir',))
     return args
+
+
+def _calibration(args, run_config):
+    """The representative dataset of int8 quantization, from the records (see `tflite`)."""
+    from libs.datasets import input_pipeline, tfrecord
+    from libs.evaluation import tflite
+    files = tfrecord.list_shards(args.data_dir or run_config.data_dir,
+                                 args.calibration_split or run_config.split_name)
+    return lambda: tflite.calibration_canvases(input_pipeline.eval_dataset(files),
+                                               args.canvas_size, args.num_calibration_images)
 
 
 @one_line_errors
 def main(argv=None):
     args = parse_args(argv)
-    from libs.evaluation import serving
+    from libs.evaluation import serving, tflite
+    from libs.evaluation.inference import InferenceOptions
     from libs.evaluation.prediction import class_names_for
     from libs.runs.checkpoints import load_trained_model
     try:
         model, run_config, prefix, step = load_trained_model(args.restore_from,
                                                              args.output_stride)
-        path = serving.export_saved_model(
-            model, args.output_dir, class_names_for(run_config.num_classes),
-            output_stride=run_config.output_stride, scales=args.scales, flip=args.flip)
+        class_names = class_names_for(run_config.num_classes)
+        if args.format == 'tflite':
+            tflite.check_canvas_size(args.canvas_size, run_config.output_stride)
+            representative = (_calibration(args, run_config) if args.quantize == 'int8'
+                              else None)
+            path = tflite.export_tflite(model, args.output_dir, class_names, args.canvas_size,
+                                        run_config.output_stride, args.quantize, representative)
+            what = (f'TFLite, canvas {args.canvas_size}, quantize {args.quantize}')
+        else:
+            options = InferenceOptions.from_args(args)
+            path = serving.export_saved_model(model, args.output_dir, class_names,
+                                              output_stride=run_config.output_stride,
+                                              options=options)
+            what = f'SavedModel, {options.describe()}'
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     print(f'Exported {prefix} (step {step}) to {path}: output stride '
-          f'{run_config.output_stride}, scales {list(args.scales)}, flip {args.flip}, '
-          'batch norm folded')
+          f'{run_config.output_stride}, {what}, batch norm folded')
     return 0
 
 

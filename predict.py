@@ -30,6 +30,7 @@ def parse_args(argv=None):
     p.add_argument('--overlay', action='store_true',
                    help='also write <stem>_overlay.jpg: the photo tinted, with a legend')
     args = p.parse_args(argv)
+    config_lib.check_inference_args(p, args)
     config_lib.check_outputs(p, args, folders=('output_dir',))
     try:
         paths = image_io.list_images(args.input)
@@ -45,20 +46,20 @@ def parse_args(argv=None):
 def main(argv=None):
     args, paths = parse_args(argv)
     from libs.evaluation import prediction
-    from libs.evaluation.inference import MultiScalePredictor
+    from libs.evaluation.inference import InferenceOptions
     from libs.nets.folding import FoldedDeepLabV3
     from libs.runs.checkpoints import load_trained_model
     try:
         model, run_config, prefix, step = load_trained_model(args.restore_from,
                                                              args.output_stride)
-        predictor = MultiScalePredictor(FoldedDeepLabV3(model), run_config.num_classes,
-                                        run_config.output_stride, scales=args.scales,
-                                        flip=args.flip)
+        options = InferenceOptions.from_args(args)
+        predictor = options.predictor(FoldedDeepLabV3(model), run_config.num_classes,
+                                      run_config.output_stride)
     except (ValueError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     print(f'Predicting {len(paths)} image(s) with {prefix} (step {step}): output stride '
-          f'{run_config.output_stride}, scales {list(args.scales)}, flip {args.flip}',
+          f'{run_config.output_stride}, {options.describe()}',
           file=sys.stderr)
     failures = prediction.predict_files(
         predictor, paths, args.output_dir, prediction.class_names_for(run_config.num_classes),

@@ -58,9 +58,12 @@ def exported(tmp_path_factory):
         for k in range(6):
             yield [tflite.on_canvas(photo(CANVAS, CANVAS, seed=60 + k)[0], CANVAS)]
 
+    names = [f'c{i}' for i in range(model.num_classes)]
     paths = {quantize: tflite.export_tflite(
-        model, str(root / f'deeplab_{quantize}.tflite'), CANVAS, OUTPUT_STRIDE, quantize,
+        model, str(root / quantize), names, CANVAS, OUTPUT_STRIDE, quantize,
         calibration if quantize == 'int8' else None) for quantize in tflite.QUANTIZATIONS}
+    assert (root / 'none' / tflite.LABELS_FILE).read_text() == 'c0\nc1\nc2\nc3\nc4\n'
+    assert sorted(p.name for p in root.iterdir()) == ['float16', 'images.npz', 'int8', 'none']
     saved = tf.saved_model.load(serving.export_saved_model(
         model, str(root / 'saved'), [f'c{i}' for i in range(model.num_classes)],
         output_stride=OUTPUT_STRIDE)).signatures[serving.SIGNATURE_KEY]
@@ -76,7 +79,7 @@ def exported(tmp_path_factory):
 def _run_client(root, path):
     (root / 'client.py').write_text(_CLIENT)
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-    out = root / f'{os.path.basename(path)}.npz'
+    out = root / f'{os.path.basename(os.path.dirname(path))}.npz'
     done = subprocess.run([sys.executable, str(root / 'client.py'), path,
                            str(root / 'images.npz'), str(out)],
                           cwd=root, env=env, capture_output=True, text=True, timeout=300)
@@ -127,17 +130,21 @@ def test_predictor_pads_to_the_canvas_and_crops(exported):
 
 def test_refusals(tmp_path):
     model = calibrated_deeplab(OUTPUT_STRIDE)
+    names = [f'c{i}' for i in range(model.num_classes)]
     with pytest.raises(ValueError, match='OS\\*k \\+ 1'):
-        tflite.export_tflite(model, str(tmp_path / 'a.tflite'), 128, OUTPUT_STRIDE)
+        tflite.export_tflite(model, str(tmp_path / 'a'), names, 128, OUTPUT_STRIDE)
     with pytest.raises(ValueError, match='calibration'):
-        tflite.export_tflite(model, str(tmp_path / 'a.tflite'), CANVAS, OUTPUT_STRIDE, 'int8')
+        tflite.export_tflite(model, str(tmp_path / 'a'), names, CANVAS, OUTPUT_STRIDE, 'int8')
     with pytest.raises(ValueError, match='quantize'):
-        tflite.export_tflite(model, str(tmp_path / 'a.tflite'), CANVAS, OUTPUT_STRIDE, 'int4')
-    (tmp_path / 'b.tflite').write_bytes(b'keep me')
+        tflite.export_tflite(model, str(tmp_path / 'a'), names, CANVAS, OUTPUT_STRIDE, 'int4')
+    with pytest.raises(ValueError, match='class names'):
+        tflite.export_tflite(model, str(tmp_path / 'a'), names[:2], CANVAS, OUTPUT_STRIDE)
+    (tmp_path / 'b').mkdir()
+    (tmp_path / 'b' / 'keep').write_bytes(b'keep me')
     with pytest.raises(FileExistsError):
-        tflite.export_tflite(model, str(tmp_path / 'b.tflite'), CANVAS, OUTPUT_STRIDE)
-    assert (tmp_path / 'b.tflite').read_bytes() == b'keep me'
-    assert sorted(os.listdir(tmp_path)) == ['b.tflite']  # nothing half-written left
+        tflite.export_tflite(model, str(tmp_path / 'b'), names, CANVAS, OUTPUT_STRIDE)
+    assert (tmp_path / 'b' / 'keep').read_bytes() == b'keep me'
+    assert sorted(os.listdir(tmp_path)) == ['b']  # nothing half-written left
 
 
 def test_calibration_canvases_shrink_large_images():

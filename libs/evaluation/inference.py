@@ -27,9 +27,13 @@ The image-pooling branch of ASPP averages over the padding too, so the canvas si
 logits: the smallest canvas keeps the padding (and the cost) minimal. Unlike the reference, the
 canvas follows each image rather than one 513 x 513 for the whole split.
 """
+import dataclasses
+from typing import Optional, Tuple
+
 import tensorflow as tf
 
 from libs.nets.deeplabv3 import resize_aligned_corners, upsample_logits
+from libs.utils.precision import compute_dtype
 
 
 def aligned_length(length, output_stride):
@@ -50,6 +54,51 @@ def scaled_length(length, scale):
         return round((length - 1) * scale) + 1
     scaled = tf.round(tf.cast(length - 1, tf.float64) * scale)
     return tf.cast(scaled, tf.int32) + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceOptions:
+    """How evaluate.py, predict.py and export.py infer (their shared flags), in one value.
+
+    Attributes:
+        scales, flip: multi-scale and mirrored inputs, probabilities averaged (section 4.1).
+        window, stride: sliding-window inference (see `MultiScalePredictor`); None: whole image.
+        precision: 'float32', 'bfloat16' or 'float16', the dtype the network computes in.
+    """
+    scales: Tuple[float, ...] = (1.0,)
+    flip: bool = False
+    window: Optional[int] = None
+    stride: Optional[int] = None
+    precision: str = 'float32'
+
+    @classmethod
+    def from_args(cls, args):
+        """From the flags of `config.add_inference_args`."""
+        return cls(tuple(args.scales), args.flip, args.crop_size, args.stride, args.precision)
+
+    def describe(self):
+        """One phrase for log lines, e.g. 'scales [1.0], flip False, whole image, float32'."""
+        if self.window is None:
+            windows = 'whole image'
+        else:
+            stride = self.stride or max(1, 2 * self.window // 3)
+            windows = f'windows of {self.window} every {stride} px'
+        return f'scales {list(self.scales)}, flip {self.flip}, {windows}, {self.precision}'
+
+    def to_json_dict(self):
+        """The fields an evaluation report records."""
+        return {'scales': list(self.scales), 'flip': self.flip, 'crop_size': self.window,
+                'stride': self.stride, 'precision': self.precision}
+
+    def predictor(self, network, num_classes, output_stride):
+        """A `MultiScalePredictor` of `network` with these options.
+
+        Raises:
+            ValueError: float16 without a GPU, bad scales or windows.
+        """
+        return MultiScalePredictor(network, num_classes, output_stride, scales=self.scales,
+                                   flip=self.flip, window=self.window, stride=self.stride,
+                                   compute_dtype=compute_dtype(self.precision))
 
 
 class MultiScalePredictor:

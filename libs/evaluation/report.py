@@ -216,9 +216,9 @@ def write_report(report_dir, evaluation, class_names, image_scores, title='Evalu
             (`per_class_iou` keyed by class name).
         class_names: C names.
         image_scores: the `ImageScores` that watched the evaluation.
-        title: page title. Run details (checkpoint, global_step, split, output_stride, scales,
-            flip) are shown where `evaluation` has them (the JSON report of `evaluate_checkpoint`
-            does).
+        title: page title. Run details (`_DETAIL_KEYS`: checkpoint, step, split, output stride,
+            the inference options) are shown where `evaluation` has them (the JSON report of
+            `evaluate_checkpoint` does).
 
     Returns:
         The path of `index.html`.
@@ -258,7 +258,8 @@ def write_report(report_dir, evaluation, class_names, image_scores, title='Evalu
     return path
 
 
-_DETAIL_KEYS = ('checkpoint', 'global_step', 'split', 'output_stride', 'scales', 'flip')
+_DETAIL_KEYS = ('checkpoint', 'global_step', 'split', 'output_stride', 'scales', 'flip',
+                'crop_size', 'stride', 'precision')
 
 
 def _html(title, evaluation, class_names, per_class_iou, image_scores, sections):

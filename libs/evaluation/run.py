@@ -4,15 +4,17 @@ import os
 from libs.datasets import input_pipeline, tfrecord
 from libs.evaluation import metrics, report as report_lib
 from libs.evaluation.evaluator import evaluate_dataset, result_to_json_dict, write_json_atomic
-from libs.evaluation.inference import MultiScalePredictor
+from libs.evaluation.inference import InferenceOptions
 from libs.evaluation.prediction import class_names_for
+from libs.evaluation.tflite import TFLitePredictor
 from libs.nets.folding import FoldedDeepLabV3
 from libs.runs.checkpoints import load_trained_model
 
 
 def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=None,
-                        scales=(1.0,), flip=False, output_json=None, save_predictions_dir=None,
-                        max_images=None, progress=True, log=print, report_dir=None):
+                        options=InferenceOptions(), output_json=None, save_predictions_dir=None,
+                        max_images=None, progress=True, log=print, report_dir=None,
+                        tflite_model=None):
     """Evaluates a run's checkpoint at full resolution and reports per-class IoU and mIoU.
 
     Args:
@@ -20,24 +22,38 @@ def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=
         data_dir: folder of TFRecord shards; `split_name` picks the shards.
         output_stride: overrides the run's (a model trained at OS 16 is evaluated at OS 8 in the
             paper, section 4.1).
-        scales, flip: multi-scale and left-right flipped inputs, probabilities averaged.
+        options: `InferenceOptions` (scales, flips, sliding windows, precision).
         output_json: where to write the JSON report (atomically), or None.
         save_predictions_dir: where to write one palette PNG per image, or None.
         max_images: evaluate only the first N images.
         log: where the table goes.
         report_dir: where to write an HTML report (confusion matrix, per-class IoU, worst and
             best images; see `report.write_report`), or None.
+        tflite_model: evaluate this TFLite file (`tflite.export_tflite` of the run) instead of
+            the checkpoint's network, e.g. to measure what int8 quantization costs; the run
+            still gives the classes. `options` must then be the default.
     Returns:
         The JSON report as a dict.
     """
     files = tfrecord.list_shards(data_dir, split_name)
     model, run_config, prefix, step = load_trained_model(restore_from, output_stride)
     class_names = class_names_for(run_config.num_classes)
+    if tflite_model:
+        if options != InferenceOptions():
+            raise ValueError('a TFLite model runs one scale on its canvas, in its own precision')
+        predictor = TFLitePredictor(tflite_model)
+        if predictor.num_classes != run_config.num_classes:
+            raise ValueError(f'{tflite_model} has {predictor.num_classes} classes, the run '
+                             f'{run_config.num_classes}')
+        prefix, what = os.path.abspath(tflite_model), f'canvas {predictor.canvas_size}'
+    else:
+        # Batch norm folded into the convolutions: the same logits, fewer ops
+        # (docs/performance.md).
+        predictor = options.predictor(FoldedDeepLabV3(model), run_config.num_classes,
+                                      run_config.output_stride)
+        what = options.describe()
     log(f'Evaluating {prefix} (step {step}) on {split_name}: output stride '
-        f'{run_config.output_stride}, scales {list(scales)}, flip {flip}')
-    # Batch norm folded into the convolutions: the same logits, fewer ops (docs/performance.md).
-    predictor = MultiScalePredictor(FoldedDeepLabV3(model), run_config.num_classes,
-                                    run_config.output_stride, scales=scales, flip=flip)
+        f'{run_config.output_stride}, {what}')
     image_scores = (report_lib.ImageScores(run_config.num_classes, run_config.ignore_label)
                     if report_dir else None)
     result = evaluate_dataset(predictor, input_pipeline.eval_dataset(files),
@@ -45,7 +61,7 @@ def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=
                               save_predictions_dir=save_predictions_dir, progress=progress,
                               max_images=max_images, on_prediction=image_scores,
                               num_images=tfrecord.count_records(files) if progress else None)
-    report = result_to_json_dict(result, class_names, scales=list(scales), flip=flip,
+    report = result_to_json_dict(result, class_names, **options.to_json_dict(),
                                  output_stride=run_config.output_stride, checkpoint=prefix,
                                  global_step=step, split=split_name)
     log(metrics.format_table(

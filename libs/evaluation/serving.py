@@ -1,7 +1,8 @@
 """A self-contained SavedModel for serving: encoded image bytes in, class map and probabilities out.
 
 The SavedModel holds everything between the bytes and the answer (decoding, the mean pixel, the
-network with batch norm folded into its convolutions, multi-scale + flip, upsampling, softmax), so
+network with batch norm folded into its convolutions, the inference options: scales, flips,
+sliding windows, precision; upsampling, softmax), so
 a client loads it with `tf.saved_model.load` or TensorFlow Serving and needs nothing of this repo.
 
 Signature `serving_default`:
@@ -13,14 +14,13 @@ Signature `serving_default`:
 whose pixels are stored sideways is predicted sideways: rotate such photos upright before sending.
 """
 import os
-import shutil
-import tempfile
 
 import tensorflow as tf
 
 from libs.datasets import input_pipeline
-from libs.evaluation.inference import MultiScalePredictor
+from libs.evaluation.inference import InferenceOptions
 from libs.nets.folding import FoldedDeepLabV3
+from libs.utils.image_io import atomic_directory
 
 SIGNATURE_KEY = 'serving_default'
 INPUT_KEY = 'image_bytes'
@@ -34,19 +34,19 @@ class ServingModule(tf.Module):
             whose variables are tracked, e.g. a `FoldedDeepLabV3`.
         num_classes: C.
         class_names: C names, saved as the string variable `class_names` for clients.
-        output_stride, scales, flip: as for `MultiScalePredictor`.
+        output_stride: the output stride the network runs at.
+        options: `InferenceOptions`: scales, flips, sliding windows, precision.
     """
 
-    def __init__(self, model, num_classes, class_names, output_stride=16, scales=(1.0,),
-                 flip=False):
+    def __init__(self, model, num_classes, class_names, output_stride=16,
+                 options=InferenceOptions()):
         super().__init__(name='deeplabv3_serving')
         if len(class_names) != num_classes:
             raise ValueError(f'{len(class_names)} class names for {num_classes} classes')
         self.model = model
         self.class_names = tf.Variable(list(class_names), trainable=False, dtype=tf.string,
                                        name='class_names')
-        self._predictor = MultiScalePredictor(model, num_classes, output_stride, scales=scales,
-                                              flip=flip)
+        self._predictor = options.predictor(model, num_classes, output_stride)
         self.serve = tf.function(
             self._serve, input_signature=[tf.TensorSpec([], tf.string, name=INPUT_KEY)])
 
@@ -69,8 +69,8 @@ def decode_rgb(image_bytes):
         lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False))
 
 
-def export_saved_model(model, output_dir, class_names, output_stride=16, scales=(1.0,),
-                       flip=False):
+def export_saved_model(model, output_dir, class_names, output_stride=16,
+                       options=InferenceOptions()):
     """Writes the serving SavedModel of a trained `DeepLabV3`, batch norm folded.
 
     The SavedModel is written to a temporary folder beside `output_dir` and renamed, so that
@@ -81,29 +81,14 @@ def export_saved_model(model, output_dir, class_names, output_stride=16, scales=
         output_dir: the SavedModel folder to create; it must not exist or be empty. For
             TensorFlow Serving, a version folder: `models/deeplab/1`.
         class_names: C names, by class index.
-        output_stride, scales, flip: the inference the SavedModel runs (see
-            `MultiScalePredictor`).
+        output_stride, options: the inference the SavedModel runs (`InferenceOptions`).
 
     Raises:
         FileExistsError: `output_dir` exists and is not empty (nothing is written).
     """
-    output_dir = os.path.abspath(output_dir)
-    if os.path.exists(output_dir) and (not os.path.isdir(output_dir) or os.listdir(output_dir)):
-        raise FileExistsError(f'{output_dir} already exists and is not empty; remove it or choose '
-                              'another --output-dir (for TensorFlow Serving, a new version '
-                              'number)')
     module = ServingModule(FoldedDeepLabV3(model), model.num_classes, class_names,
-                           output_stride=output_stride, scales=scales, flip=flip)
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(dir=parent, prefix=f'.tmp-{os.path.basename(output_dir)}-')
-    try:
+                           output_stride=output_stride, options=options)
+    with atomic_directory(output_dir) as tmp_dir:
         tf.saved_model.save(module, tmp_dir,
                             signatures={SIGNATURE_KEY: module.serve.get_concrete_function()})
-        os.chmod(tmp_dir, 0o755)  # mkdtemp makes it private; servers often run as another user
-        # Renaming onto an empty folder replaces it; onto a non-empty one fails (never merges).
-        os.replace(tmp_dir, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    return output_dir
+    return os.path.abspath(output_dir)

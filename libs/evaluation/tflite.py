@@ -5,7 +5,8 @@ any size, encoded bytes in) the TFLite model takes the image already on its canv
 canvas the aligned inference uses (`inference.py`): the image at the top left, padded at the
 bottom and right with the mean pixel to S x S, S = OS*k + 1.
 
-Model (one signature, `serving_default`):
+Written as a folder: `model.tflite` and `labels.txt` (the class names, one a line, the TFLite
+convention). The model (one signature, `serving_default`):
     input   image          float32 [1, S, S, 3], RGB pixels 0..255 (not normalised).
     output  probabilities  float32 [1, S, S, C]; rows and columns beyond the image are padding.
 
@@ -25,7 +26,7 @@ from libs.datasets.input_pipeline import MEAN_RGB, normalize
 from libs.evaluation.inference import aligned_length
 from libs.nets.deeplabv3 import resize_aligned_corners, upsample_logits
 from libs.nets.folding import FoldedDeepLabV3
-from libs.utils.image_io import atomic_output
+from libs.utils.image_io import atomic_directory
 
 QUANTIZATIONS = ('none', 'float16', 'int8')
 INPUT_NAME = 'image'
@@ -71,13 +72,19 @@ def calibration_canvases(dataset, canvas_size, num_images):
         yield [on_canvas(pixels.numpy(), canvas_size)]
 
 
-def export_tflite(model, output_path, canvas_size=513, output_stride=16, quantize='none',
-                  representative_dataset=None):
-    """Writes the TFLite model of a trained `DeepLabV3`, batch norm folded.
+MODEL_FILE = 'model.tflite'
+LABELS_FILE = 'labels.txt'
+
+
+def export_tflite(model, output_dir, class_names, canvas_size=513, output_stride=16,
+                  quantize='none', representative_dataset=None):
+    """Writes the TFLite model of a trained `DeepLabV3`, batch norm folded, and its labels.
 
     Args:
         model: a trained `DeepLabV3`.
-        output_path: the .tflite file to write (through a temporary name); must not exist.
+        output_dir: the folder to create (written under a temporary name and renamed); it must
+            not exist, or be empty.
+        class_names: C names, by class index.
         canvas_size: S, OS*k + 1: the largest image side the model takes.
         output_stride: the output stride the network runs at.
         quantize: one of `QUANTIZATIONS`.
@@ -85,19 +92,19 @@ def export_tflite(model, output_path, canvas_size=513, output_stride=16, quantiz
             [float32 [1, S, S, 3]] (see `calibration_canvases`).
 
     Returns:
-        The path written.
+        The path of the .tflite file.
 
     Raises:
         ValueError: a bad canvas size or quantization, or int8 without calibration images.
-        FileExistsError: `output_path` exists.
+        FileExistsError: `output_dir` exists and is not empty.
     """
     check_canvas_size(canvas_size, output_stride)
     if quantize not in QUANTIZATIONS:
         raise ValueError(f'quantize must be one of {QUANTIZATIONS}, got {quantize!r}')
     if quantize == 'int8' and representative_dataset is None:
         raise ValueError('int8 quantization needs calibration images')
-    if os.path.exists(output_path):
-        raise FileExistsError(f'{output_path} already exists; remove it or choose another path')
+    if len(class_names) != model.num_classes:
+        raise ValueError(f'{len(class_names)} class names for {model.num_classes} classes')
     folded = FoldedDeepLabV3(model)
 
     @tf.function(input_signature=[tf.TensorSpec([1, canvas_size, canvas_size, 3], tf.float32,
@@ -116,24 +123,26 @@ def export_tflite(model, output_path, canvas_size=513, output_stride=16, quantiz
     elif quantize == 'int8':
         converter.representative_dataset = representative_dataset
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    flatbuffer = converter.convert()
-    directory = os.path.dirname(os.path.abspath(output_path))
-    os.makedirs(directory, exist_ok=True)
-    with atomic_output(output_path, 'wb') as f:
-        f.write(flatbuffer)
-    return output_path
+    with atomic_directory(output_dir) as tmp_dir:
+        with open(os.path.join(tmp_dir, MODEL_FILE), 'wb') as f:
+            f.write(converter.convert())
+        with open(os.path.join(tmp_dir, LABELS_FILE), 'w', encoding='utf-8') as f:
+            f.write(''.join(f'{name}\n' for name in class_names))
+    return os.path.join(os.path.abspath(output_dir), MODEL_FILE)
 
 
 class TFLitePredictor:
     """Predicts one image with a TFLite file of `export_tflite`, like `MultiScalePredictor`.
 
     Args:
-        path: the .tflite file.
+        path: a folder of `export_tflite` or the .tflite file in it.
         num_threads: interpreter threads (XNNPACK runs the convolutions).
     """
 
     def __init__(self, path, num_threads=2):
         from ai_edge_litert.interpreter import Interpreter
+        if os.path.isdir(path):
+            path = os.path.join(path, MODEL_FILE)
         self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
         self.interpreter.allocate_tensors()
         self._input = self.interpreter.get_input_details()[0]

@@ -6,6 +6,7 @@ with the camera turned (EXIF orientation). Each is read as the upright RGB image
 import contextlib
 import glob
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -88,6 +89,37 @@ def read_rgb(path):
             grey = np.round(np.clip(values / 65535.0, 0.0, 1.0) * 255.0).astype(np.uint8)
             return np.repeat(grey[..., None], 3, axis=2)
         return np.array(image.convert('RGB'), dtype=np.uint8)
+
+
+@contextlib.contextmanager
+def atomic_directory(output_dir, flag='--output-dir'):
+    """Yields a temporary folder beside `output_dir` to fill, and renames it to `output_dir` when
+    the block succeeds, so that `output_dir` is either complete or absent (a server watching its
+    parent never sees half an export; a killed export leaves a `.tmp-` folder, never a partial
+    `output_dir`).
+
+    Args:
+        output_dir: the folder to create; it must not exist, or be empty.
+        flag: the flag that named it, for the refusal.
+
+    Raises:
+        FileExistsError: `output_dir` exists and is not empty (nothing is written).
+    """
+    output_dir = os.path.abspath(output_dir)
+    if os.path.exists(output_dir) and (not os.path.isdir(output_dir) or os.listdir(output_dir)):
+        raise FileExistsError(f'{output_dir} already exists and is not empty; remove it or choose '
+                              f'another {flag}')
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(dir=parent, prefix=f'.tmp-{os.path.basename(output_dir)}-')
+    try:
+        yield tmp_dir
+        os.chmod(tmp_dir, 0o755)  # mkdtemp makes it private; servers often run as another user
+        # Renaming onto an empty folder replaces it; onto a non-empty one fails (never merges).
+        os.replace(tmp_dir, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager
