@@ -23,6 +23,10 @@ alike):
   the mean step (total time over batches), and wants many steps (e.g. 200).
 - convert: `convert_split` (validate, encode, write shards) of a sample dataset; a step is one
   whole conversion of `--num-images` images.
+- tflite: `export.py --format tflite`'s models (`--quantize` none, float16 and int8, the last
+  calibrated on 4 random images) in the LiteRT interpreter (XNNPACK, `--threads`) on one canvas of
+  `--input-size` (OS*k + 1), interleaved with the evaluate path in float32 and bfloat16 on the
+  same image; the step is int8's, and `seconds_by_path` has every path.
 
 Printed: seconds per step, images/s, GFLOPs per image counted by TensorFlow's profiler on the traced
 graph, achieved GFLOP/s against the CPU's assumed fp32 peak (and, with `--measure-ceiling`, against
@@ -42,7 +46,7 @@ import time
 
 import config as config_lib
 
-MODES = ('inference', 'train', 'input', 'convert')
+MODES = ('inference', 'train', 'input', 'convert', 'tflite')
 
 
 def build_parser():
@@ -251,6 +255,59 @@ def bench_train(args, tf):
                           'retraced_while_timing': retraced}
 
 
+def bench_tflite(args, tf, workdir):
+    """TFLite interpreters of each quantization beside TensorFlow's evaluate path in float32 and
+    bfloat16, on the same [S, S, 3] image (see the module docstring)."""
+    import numpy as np
+
+    from libs.datasets.input_pipeline import MEAN_RGB
+    from libs.evaluation import tflite
+    from libs.evaluation.inference import MultiScalePredictor
+    from libs.nets.deeplabv3 import DeepLabV3
+    from libs.nets.folding import FoldedDeepLabV3
+    from libs.utils.flops import count_flops
+
+    size = args.input_size
+    model = DeepLabV3(args.num_classes, args.num_layers, args.output_stride, seed=0)
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(0, 255, (size, size, 3)).astype(np.float32)
+    image = tf.constant(pixels - np.asarray(MEAN_RGB, np.float32))
+    folded = FoldedDeepLabV3(model)
+    steps = {}
+    for precision in ('float32', 'bfloat16'):
+        predictor = MultiScalePredictor(folded, args.num_classes, args.output_stride,
+                                        compute_dtype=precision)
+        steps[f'tensorflow_{precision}'] = (
+            lambda p=predictor: p.predict_probabilities(image).numpy())
+    names = [f'c{i}' for i in range(args.num_classes)]
+
+    def calibration():
+        for _ in range(4):
+            yield [tflite.on_canvas(rng.uniform(0, 255, (size, size, 3)), size)]
+
+    for quantize in tflite.QUANTIZATIONS:
+        path = tflite.export_tflite(model, os.path.join(workdir, quantize), names, size,
+                                    args.output_stride, quantize,
+                                    calibration if quantize == 'int8' else None)
+        predictor = tflite.TFLitePredictor(path, num_threads=args.threads or
+                                           len(os.sched_getaffinity(0)))
+        steps[f'tflite_{quantize}'] = lambda p=predictor: p.predict_probabilities(image)
+    times = _time_steps(steps, args.steps, args.warmup)
+    seconds = {name: statistics.median(t) for name, t in times.items()}
+    network = tf.function(lambda x: folded(x, training=False, output_stride=args.output_stride))
+    flops = count_flops(network.get_concrete_function(
+        tf.TensorSpec([1, size, size, 3], tf.float32)))
+    extra = {'path': 'TFLitePredictor (int8) beside MultiScalePredictor float32/bfloat16',
+             'seconds_by_path': seconds,
+             'int8_speedup_over_tensorflow_bfloat16':
+                 seconds['tensorflow_bfloat16'] / seconds['tflite_int8'],
+             'int8_speedup_over_tensorflow_float32':
+                 seconds['tensorflow_float32'] / seconds['tflite_int8'],
+             'bfloat16_speedup_over_float32':
+                 seconds['tensorflow_float32'] / seconds['tensorflow_bfloat16']}
+    return times['tflite_int8'], flops, extra
+
+
 def _sample_records(args, workdir):
     """A sample dataset of VOC-sized images and its records; returns (voc_dir, records_dir)."""
     from libs.datasets.conversion import convert_split
@@ -340,6 +397,8 @@ def run(args):
             times, flops, extra = bench_train(args, tf)
         elif args.mode == 'input':
             times, flops, extra = bench_input(args, tf, workdir)
+        elif args.mode == 'tflite':
+            times, flops, extra = bench_tflite(args, tf, workdir)
         else:
             times, flops, extra = bench_convert(args, tf, workdir)
     finally:
@@ -391,6 +450,8 @@ def _report(r):
     if 'multiscale_cost_ratio' in r:
         lines.append(f'  multi-scale step / sum of single-scale steps: '
                      f'{r["multiscale_cost_ratio"]:.3f} ({r["sum_single_scale_seconds"]:.3f} s)')
+    for name, seconds in r.get('seconds_by_path', {}).items():
+        lines.append(f'  {name}: {seconds:.4f} s')
     if 'trace_count' in r:
         lines.append(f'  traced {r["trace_count"]} time(s), retraced while timing: '
                      f'{r["retraced_while_timing"]}')

@@ -58,6 +58,19 @@ def test_benchmark_reports_positive_figures(mode):
         assert result['gflops_per_image'] > 2 * result['forward_gflops_per_image'] > 0
 
 
+@pytest.mark.slow
+def test_tflite_mode_times_every_quantization_beside_tensorflow():
+    result = run_benchmark('tflite', ['--steps', '1', '--warmup', '0'])
+    assert set(result['seconds_by_path']) == {
+        'tensorflow_float32', 'tensorflow_bfloat16', 'tflite_none', 'tflite_float16',
+        'tflite_int8'}
+    assert all(seconds > 0 for seconds in result['seconds_by_path'].values())
+    assert result['seconds_per_step'] == result['seconds_by_path']['tflite_int8']
+    assert result['int8_speedup_over_tensorflow_bfloat16'] == pytest.approx(
+        result['seconds_by_path']['tensorflow_bfloat16'] / result['seconds_per_step'])
+    assert result['gflops_per_image'] > 0
+
+
 def test_train_step_under_the_mirrored_strategy():
     """--cpu-devices: train_multi_gpu.py's strategy, the global batch split over two replicas."""
     result = run_benchmark('train', ['--batch-size', '2', '--cpu-devices', '2'])
