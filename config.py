@@ -33,8 +33,10 @@ class TrainConfig:
     num_layers: int = 101
     output_stride: int = 16
     multi_grid: Tuple[int, ...] = (1, 2, 4)
-    num_classes: int = 21
+    # None: from the records' dataset.json (21, VOC's, for records converted without one).
+    num_classes: Optional[int] = None
     ignore_label: int = 255
+    class_names: Optional[Tuple[str, ...]] = None  # from dataset.json, recorded in config.json
     # Input.
     batch_size: int = 16
     input_size: int = 513
@@ -214,7 +216,8 @@ def build_train_parser(doc):
     g.add_argument('--multi-grid', type=parse_int_tuple, default=d.multi_grid,
                    help="block4's unit rates, e.g. 1,2,4")
     g.add_argument('--num-classes', type=class_count, default=d.num_classes,
-                   help='classes the records were converted with, background included')
+                   help="classes, background included; default the records' (their "
+                        'dataset.json), and a different value is refused')
     g.add_argument('--ignore-label', type=label_value, default=d.ignore_label,
                    help='label value left out of the loss and the metric')
     g = p.add_argument_group('input')
@@ -291,7 +294,7 @@ def parse_train_args(parser, argv=None, check_snapshot_dir=True):
     args = parser.parse_args(argv)
     if args.min_scale > args.max_scale:
         parser.error(f'--min-scale {args.min_scale} is above --max-scale {args.max_scale}')
-    if args.ignore_label < args.num_classes:
+    if args.num_classes is not None and args.ignore_label < args.num_classes:
         parser.error(f'--ignore-label {args.ignore_label} is one of the {args.num_classes} '
                      f'classes (0..{args.num_classes - 1}); it must be outside them')
     if check_snapshot_dir:
@@ -361,6 +364,8 @@ def load_run_config(path):
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in values.items() if k in fields}
     values['multi_grid'] = tuple(values.get('multi_grid', TrainConfig.multi_grid))
+    if values.get('class_names') is not None:
+        values['class_names'] = tuple(values['class_names'])
     return TrainConfig(**values)
 
 

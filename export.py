@@ -69,12 +69,12 @@ def main(argv=None):
     args = parse_args(argv)
     from libs.evaluation import serving, tflite
     from libs.evaluation.inference import InferenceOptions
-    from libs.evaluation.prediction import class_names_for
+    from libs.evaluation.prediction import class_names_of
     from libs.runs.checkpoints import load_trained_model
     try:
         model, run_config, prefix, step = load_trained_model(args.restore_from,
                                                              args.output_stride)
-        class_names = class_names_for(run_config.num_classes)
+        class_names = class_names_of(run_config)
         if args.format == 'tflite':
             tflite.check_canvas_size(args.canvas_size, run_config.output_stride)
             representative = (_calibration(args, run_config) if args.quantize == 'int8'

@@ -62,7 +62,7 @@ def main(argv=None):
           f'{run_config.output_stride}, {options.describe()}',
           file=sys.stderr)
     failures = prediction.predict_files(
-        predictor, paths, args.output_dir, prediction.class_names_for(run_config.num_classes),
+        predictor, paths, args.output_dir, prediction.class_names_of(run_config),
         overlay=args.overlay)
     written = len(paths) - len(failures)
     print(f'Wrote {written} prediction(s) to {args.output_dir}', file=sys.stderr)

@@ -102,9 +102,9 @@ def updates(model, initial):
 def step_check():
     strategy = mirrored_strategy(cpu_devices=2)
     default = tf.distribute.get_strategy()
-    config = config_lib.TrainConfig(num_layers=50, batch_size=BATCH, input_size=SIZE,
-                                    learning_rate=0.01, num_steps=1000, bn_decay=0.5,
-                                    sync_bn=True)
+    config = config_lib.TrainConfig(num_layers=50, num_classes=21, batch_size=BATCH,
+                                    input_size=SIZE, learning_rate=0.01, num_steps=1000,
+                                    bn_decay=0.5, sync_bn=True)
     single, single_step, single_it = build(config, default)
     mirrored, mirrored_step, mirrored_it = build(config, strategy)
     initial = [v.numpy() for v in single.trainable_variables]

@@ -13,7 +13,7 @@ from pycocotools import coco as coco_api
 from pycocotools import mask as mask_api
 
 import convert_coco_to_tfrecord
-from libs.datasets import coco, conversion, input_pipeline, tfrecord, voc
+from libs.datasets import coco, conversion, description, input_pipeline, tfrecord, voc
 
 # pycocotools' decode under numpy 2 warns on every call; not ours to fix.
 pytestmark = pytest.mark.filterwarnings('ignore:__array__ implementation:DeprecationWarning')
@@ -133,7 +133,8 @@ def test_round_trip(coco_dir, tmp_path):
     out = tmp_path / 'records'
     result = convert(coco_dir, out, num_shards=2)
     assert (result.num_images, result.dropped, result.skipped) == (2, ['c'], [])
-    assert sorted(os.listdir(out)) == [tfrecord.shard_name('coco_train', i, 2) for i in range(2)]
+    assert sorted(os.listdir(out)) == sorted([description.DESCRIPTION_FILE] + [
+        tfrecord.shard_name('coco_train', i, 2) for i in range(2)])
 
     labels = read_labels(out)
     assert list(labels) == ['a', 'b']  # JSON order; c has too few VOC pixels
@@ -150,6 +151,11 @@ def test_round_trip(coco_dir, tmp_path):
     assert b[10, 10] == VOC_INDEX['aeroplane'] and b[40, 40] == 0  # giraffe drawn over it
     assert b[7, 65] == VOC_INDEX['tvmonitor'] and b[25, 52] == VOC_INDEX['sofa']
     assert (b[50:64, 60:80] == VOC_INDEX['bicycle']).all()
+    # The description counts the pixels of each VOC class in the kept images (crowd excluded).
+    both = np.concatenate([a.ravel(), b.ravel()])
+    info = description.read_description(str(out)).splits['coco_train']
+    assert info.num_images == 2
+    assert info.class_pixels == tuple(np.bincount(both[both != 255], minlength=21))
 
     records = {}
     for path in tfrecord.list_shards(str(out), 'coco_train'):

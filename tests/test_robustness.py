@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -446,7 +447,19 @@ def _train_command(data_dir, snapshot_dir, num_steps, num_classes=21):
 
 
 def test_training_on_labels_beyond_num_classes_is_one_line(trained_run, tmp_path):
+    # Records with a description: the contradiction is refused before training starts.
     done = run_script(*_train_command(trained_run.data_dir, str(tmp_path / 'run'), 2,
+                                      num_classes=6)[1:], timeout=600)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f'error: --num-classes 6 contradicts the records: {trained_run.data_dir} holds voc2012 '
+        'with 21 classes (leave --num-classes out to take theirs)')
+    assert 'Starting from scratch' not in done.stdout  # refused before the model was built
+    # Records converted without one: the first batch holding a label beyond the classes.
+    records = tmp_path / 'records'
+    shutil.copytree(trained_run.data_dir, records)
+    os.remove(records / 'dataset.json')
+    done = run_script(*_train_command(str(records), str(tmp_path / 'run2'), 2,
                                       num_classes=6)[1:], timeout=600)
     assert done.returncode == 1, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]

@@ -297,7 +297,7 @@ def test_restore_of_another_depth_is_refused_with_reason(constant_records, tmp_p
 @pytest.mark.parametrize('freeze_bn', [True, False])
 def test_train_step_batch_norm_modes(freeze_bn, constant_records):
     """Frozen: moving statistics and gamma/beta unchanged by a step. Fine-tuned: statistics move."""
-    config = tiny_config(constant_records, '/unused', freeze_bn=freeze_bn)
+    config = tiny_config(constant_records, '/unused', freeze_bn=freeze_bn, num_classes=21)
     strategy = tf.distribute.get_strategy()
     model = checkpoints.build_model(config)
     step = tf.Variable(0, dtype=tf.int64)

@@ -34,7 +34,7 @@ from pycocotools import coco as coco_api
 from pycocotools import mask as mask_api
 from tqdm import tqdm
 
-from libs.datasets import conversion, voc
+from libs.datasets import conversion, description, voc
 from libs.datasets.shards import default_num_shards, worker_map, write_shards
 from libs.utils import messages
 
@@ -70,8 +70,13 @@ class _Entry:
 class _Checked:
     entry: _Entry
     image_format: str
-    voc_pixels: int
+    class_pixels: tuple  # labelled pixels per VOC class
     problems: tuple
+
+    @property
+    def voc_pixels(self):
+        """Pixels of the 20 VOC object classes (background and crowd not counted)."""
+        return sum(self.class_pixels[1:])
 
 
 @dataclasses.dataclass
@@ -136,13 +141,9 @@ def draw_label(shapes, height, width):
     return label
 
 
-def _voc_pixels(label):
-    return int(np.count_nonzero((label > 0) & (label < voc.NUM_CLASSES)))
-
-
 def _check(entry):
     """Validates one image and its annotations -> _Checked (run in worker processes)."""
-    problems, fmt, voc_pixels = [], None, 0
+    problems, fmt, class_pixels = [], None, (0,) * voc.NUM_CLASSES
     if not os.path.isfile(entry.image_path):
         problems.append(conversion.Problem(entry.image_id, entry.image_path, 'missing image'))
     else:
@@ -158,10 +159,11 @@ def _check(entry):
                     f'{entry.width}x{entry.height}'))
     if not problems:
         try:
-            voc_pixels = _voc_pixels(draw_label(entry.shapes, entry.height, entry.width))
+            class_pixels = conversion.class_pixel_counts(
+                draw_label(entry.shapes, entry.height, entry.width), voc.NUM_CLASSES)
         except conversion.EntryError as e:
             problems.append(conversion.Problem(entry.image_id, entry.annotation_file, str(e)))
-    return _Checked(entry, fmt, voc_pixels, tuple(problems))
+    return _Checked(entry, fmt, class_pixels, tuple(problems))
 
 
 def _encode(checked):
@@ -284,6 +286,7 @@ def convert_coco(annotation_file, image_dir, split_name, output_dir,
     for w in warnings:
         logger.warning('%s', w)
 
+    description.check_can_record(voc.dataset(), output_dir)
     num_workers = num_workers or os.cpu_count() or 1
     with worker_map(num_workers, len(entries)) as mapper:
         checked = list(tqdm(mapper(_check, entries), total=len(entries), desc='validating',
@@ -309,5 +312,7 @@ def convert_coco(annotation_file, image_dir, split_name, output_dir,
         num_shards = min(num_shards or default_num_shards(len(kept)), len(kept))
         shards = write_shards(kept, _encode, output_dir, split_name, num_shards, mapper,
                               progress)
+    description.record_split(voc.dataset(), output_dir, split_name, len(kept),
+                             np.sum([c.class_pixels for c in kept], axis=0), shards)
     return CocoConversionResult(split_name, len(kept), shards, output_dir, problems, warnings,
                                 dropped)

@@ -25,9 +25,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from libs.datasets import voc
-from libs.runs import lock
+from libs.datasets import description, voc
 from libs.datasets.shards import default_num_shards, worker_map, write_shards
+from libs.runs import lock
 from libs.utils import messages
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class _Checked:
     width: int
     problems: tuple
     warnings: tuple
+    class_pixels: tuple = ()  # labelled pixels per class, for the dataset description
 
 
 @dataclasses.dataclass
@@ -206,7 +207,7 @@ def _check(entry):
     """Validates one (image_id, image_path, label_dir, num_classes) entry -> _Checked."""
     image_id, image_path, label_dir, num_classes = entry
     problems, warnings = [], []
-    fmt, size = None, None
+    fmt, size, class_pixels = None, None, ()
     if not os.path.isfile(image_path):
         problems.append(Problem(image_id, image_path, 'missing image'))
     else:
@@ -237,9 +238,17 @@ def _check(entry):
                 problems.append(Problem(
                     image_id, label_path, f'label values outside 0..{num_classes - 1} and '
                     f'{voc.IGNORE_LABEL}: {bad[:messages.MAX_LISTED]}'))
+            else:
+                class_pixels = class_pixel_counts(label, num_classes)
     width, height = size if size is not None else (0, 0)
     return _Checked(image_id, image_path, label_path, fmt, height, width, tuple(problems),
-                    tuple(warnings))
+                    tuple(warnings), class_pixels)
+
+
+def class_pixel_counts(label, num_classes, ignore_label=voc.IGNORE_LABEL):
+    """Pixels of each class in a label [H, W] (the ignore label left out), as C ints."""
+    return tuple(int(n) for n in np.bincount(label[label != ignore_label].ravel(),
+                                             minlength=num_classes))
 
 
 def encode_label(label):
@@ -336,6 +345,8 @@ def convert_split(voc_dir, split_name, output_dir, label_dir=None, split_file=No
         raise ValueError(f'num_shards must be at least 1, got {num_shards}')
     if not 1 <= num_classes <= voc.IGNORE_LABEL:
         raise ValueError(f'num_classes must be in 1..{voc.IGNORE_LABEL}, got {num_classes}')
+    dataset = voc.dataset(num_classes)
+    description.check_can_record(dataset, output_dir)
     label_dir = label_dir or default_label_dir(voc_dir, split_name)
     split_file = split_file or default_split_file(voc_dir, split_name)
     image_dir = os.path.join(voc_dir, voc.IMAGE_DIR)
@@ -374,6 +385,8 @@ def convert_split(voc_dir, split_name, output_dir, label_dir=None, split_file=No
         num_shards = min(num_shards or default_num_shards(len(valid)), len(valid))
         shards = write_shards(valid, _encode, output_dir, split_name, num_shards, mapper,
                               progress)
+    description.record_split(dataset, output_dir, split_name, len(valid),
+                             np.sum([c.class_pixels for c in valid], axis=0), shards)
     return ConversionResult(split_name, len(valid), shards, output_dir, problems, warnings)
 
 

@@ -150,14 +150,15 @@ def check_split(description, data_dir, split_name, shard_paths):
 
 @contextlib.contextmanager
 def _locked(data_dir):
-    """Holds an exclusive lock on the folder's description while it is read and rewritten, so
-    that converters of two splits running at once do not lose each other's entries."""
-    with open(os.path.join(data_dir, f'.{DESCRIPTION_FILE}.lock'), 'a') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    """Holds an exclusive lock on the folder while its description is read and rewritten, so that
+    converters of two splits running at once do not lose each other's entries. The lock is on
+    the folder itself: no lock file is left behind."""
+    fd = os.open(data_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def check_can_record(dataset, data_dir):

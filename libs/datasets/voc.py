@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from libs.datasets.description import DatasetDescription
+
 CLASS_NAMES = (
     'background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat',
     'chair', 'cow', 'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant',
@@ -48,6 +50,17 @@ def color_map(n=256):
 
 
 PALETTE = color_map()
+
+
+def dataset(num_classes=NUM_CLASSES):
+    """The `DatasetDescription` of VOC, or of records in the VOC layout with another class count
+    (named `voc_layout_<C>`, classes `class_<i>`, VOC's colours)."""
+    names = (CLASS_NAMES if num_classes == NUM_CLASSES
+             else tuple(f'class_{i}' for i in range(num_classes)))
+    return DatasetDescription('voc2012' if num_classes == NUM_CLASSES else
+                              f'voc_layout_{num_classes}', names,
+                              tuple(tuple(int(v) for v in PALETTE[i]) for i in range(num_classes)),
+                              IGNORE_LABEL)
 
 
 def palette_flat():

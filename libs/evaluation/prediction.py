@@ -16,11 +16,12 @@ from libs.datasets import input_pipeline, voc
 from libs.utils import image_io, messages, visualize
 
 
-def class_names_for(num_classes):
-    """The VOC names for a 21-class model, else `class_0`, `class_1`, ..."""
-    if num_classes == voc.NUM_CLASSES:
-        return voc.CLASS_NAMES
-    return tuple(f'class_{i}' for i in range(num_classes))
+def class_names_of(run_config):
+    """A run's class names: those its records' description gave (recorded in its config.json);
+    for runs recorded before, VOC's for 21 classes, else `class_0`, `class_1`, ..."""
+    if run_config.class_names is not None:
+        return run_config.class_names
+    return voc.dataset(run_config.num_classes).class_names
 
 
 def overlay_with_legend(image, label, class_names, alpha=0.5):

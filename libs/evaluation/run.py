@@ -1,11 +1,11 @@
 """Evaluating a training run's checkpoint on a split: what evaluate.py does, callable from code."""
 import os
 
-from libs.datasets import input_pipeline, tfrecord
+from libs.datasets import description, input_pipeline, tfrecord
 from libs.evaluation import metrics, report as report_lib
 from libs.evaluation.evaluator import evaluate_dataset, result_to_json_dict, write_json_atomic
 from libs.evaluation.inference import InferenceOptions
-from libs.evaluation.prediction import class_names_for
+from libs.evaluation.prediction import class_names_of
 from libs.evaluation.tflite import TFLitePredictor
 from libs.nets.folding import FoldedDeepLabV3
 from libs.runs.checkpoints import load_trained_model
@@ -37,7 +37,8 @@ def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=
     """
     files = tfrecord.list_shards(data_dir, split_name)
     model, run_config, prefix, step = load_trained_model(restore_from, output_stride)
-    class_names = class_names_for(run_config.num_classes)
+    class_names = class_names_of(run_config)
+    check_records_fit_the_run(data_dir, split_name, files, run_config)
     if tflite_model:
         if options != InferenceOptions():
             raise ValueError('a TFLite model runs one scale on its canvas, in its own precision')
@@ -75,3 +76,20 @@ def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=
                                         title=f'DeepLabV3 on {split_name}')
         log(f'Report: {index}')
     return report
+
+
+def check_records_fit_the_run(data_dir, split_name, files, run_config):
+    """Refuses records whose description (dataset.json) has other classes than the run, and
+    shards changed since conversion. Records without a description are checked label by label
+    during the evaluation (`evaluator.check_label_values`).
+
+    Raises:
+        ValueError: naming the dataset and both class counts, or the changed shard.
+    """
+    dataset = description.read_description(data_dir)
+    if dataset is None:
+        return
+    description.check_split(dataset, data_dir, split_name, files)
+    if dataset.num_classes != run_config.num_classes:
+        raise ValueError(f'{data_dir} holds {dataset.name} with {dataset.num_classes} classes; '
+                         f'the run was trained with {run_config.num_classes}')
