@@ -1,1 +1,1 @@
-"""A training run's folder as the other scripts see it: its config and its checkpoints."""
+"""A training run's folder: its checkpoints, the lock one run holds on it, and what a killed run left."""
