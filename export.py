@@ -48,6 +48,15 @@ def parse_args(argv=None):
                 or args.precision != 'float32'):
             p.error('--format tflite runs one scale on one canvas: --scales, --flip, '
                     '--crop-size and --precision are for the SavedModel (use --quantize)')
+        try:
+            output_stride = (args.output_stride
+                             or config_lib.load_run_config(args.restore_from).output_stride)
+        except FileNotFoundError:
+            output_stride = None  # main() names the missing run
+        if output_stride and (args.canvas_size - 1) % output_stride:
+            larger = (args.canvas_size - 1) // output_stride * output_stride + 1 + output_stride
+            p.error(f'--canvas-size {args.canvas_size} is not OS*k + 1 for output stride '
+                    f'{output_stride}; e.g. {larger}')
     elif args.quantize != 'none':
         p.error('--quantize is for --format tflite')
     config_lib.check_outputs(p, args, folders=('output_dir',))

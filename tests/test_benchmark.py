@@ -68,7 +68,7 @@ def test_tflite_mode_times_every_quantization_beside_tensorflow():
     assert result['seconds_per_step'] == result['seconds_by_path']['tflite_int8']
     assert result['int8_speedup_over_tensorflow_bfloat16'] == pytest.approx(
         result['seconds_by_path']['tensorflow_bfloat16'] / result['seconds_per_step'])
-    assert result['gflops_per_image'] > 0
+    assert result['gflops_per_image'] is None  # no fp32 peak share for int8
 
 
 def test_train_step_under_the_mirrored_strategy():

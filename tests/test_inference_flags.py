@@ -77,8 +77,10 @@ def test_tflite_int8_export_and_its_evaluation(trained_run, tmp_path, capsys):
     report = _evaluate(trained_run, tmp_path, 'tflite', '--tflite', str(out))
     assert report['num_images'] == 3 and report['checkpoint'].endswith('int8')
     assert sum(map(sum, report['confusion_matrix'])) > 0
-    # A canvas that is not OS*k + 1 is refused before converting anything.
-    assert export.main(['--restore-from', trained_run.run_dir, '--output-dir',
-                        str(tmp_path / 'bad'), '--format', 'tflite', '--canvas-size', '96']) == 1
-    assert 'canvas size 96 is not OS*k + 1' in capsys.readouterr().err
+    # A canvas that is not OS*k + 1 is refused when the flags are parsed.
+    with pytest.raises(SystemExit):
+        export.main(['--restore-from', trained_run.run_dir, '--output-dir',
+                     str(tmp_path / 'bad'), '--format', 'tflite', '--canvas-size', '96'])
+    assert ('--canvas-size 96 is not OS*k + 1 for output stride 16; e.g. 97'
+            in capsys.readouterr().err)
     assert not (tmp_path / 'bad').exists()
