@@ -4,7 +4,8 @@ TensorFlow's `CheckpointManager` saves checkpoint `<name>-N` into a folder `<nam
 data as `part-*.tempstate<random>` while being written), then renames the pieces into place,
 and rewrites the `checkpoint` state file through `checkpoint.tmp<random>`. A process killed in
 the middle (or stopped by a full disk) leaves those behind: hundreds of MB for a ResNet-101,
-which after a full disk keep the disk full. `config.write_config` writes `config.json.tmp-PID` first, likewise.
+which after a full disk keep the disk full. `config.write_config` writes `config.json.tmp-PID`
+(and `config-step-N.json.tmp-PID`) first, likewise.
 Only call this while holding the folder (`lock.hold`): then no live process is writing them.
 """
 import os
@@ -12,7 +13,7 @@ import re
 import shutil
 
 _LEFTOVER_RE = re.compile(r'^(.+-\d+_temp|.+\.tempstate\d*|checkpoint\.tmp[0-9a-f]*'
-                          r'|config\.json\.tmp-\d+)$')
+                          r'|config(-step-\d+)?\.json\.tmp-\d+)$')
 
 
 def remove_leftovers(run_dir, log):
