@@ -18,7 +18,7 @@ import dataclasses
 import fcntl
 import json
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 from libs.utils.image_io import atomic_output
 
@@ -213,11 +213,3 @@ def _format(values):
               for name, info in values['splits'].items()]
     lines.append('  "splits": {' + ('\n' + ',\n'.join(splits) + '\n  }' if splits else '}'))
     return '{\n' + ',\n'.join(lines) + '\n}\n'
-
-
-def split_info(data_dir, split_name, shard_paths) -> Optional[SplitInfo]:
-    """The checked `SplitInfo` of a split, or None when the folder has no description."""
-    description = read_description(data_dir)
-    if description is None:
-        return None
-    return check_split(description, data_dir, split_name, shard_paths)

@@ -8,12 +8,13 @@ scale and flipped image". The label is never resized (DESIGN.md, "VOC convention
 Alignment. With slim's `conv2d_same` padding, feature i of an output-stride-OS network sits on
 input pixel i * OS, and an input of OS*k + 1 pixels gives k + 1 features whose first and last land
 on the first and last pixels; upsampling the logits with corners aligned then puts every feature
-back on the pixel it was computed at. Any other input size shifts features by up to OS/2 pixels.
+back on the pixel it was computed at. With any other input size, corner-aligned upsampling moves
+features away from the pixels they were computed at (up to OS/2 pixels).
 So, as tensorflow/models research/deeplab pads every val image to a 513 x 513 canvas, every input
 the network sees here is OS*k + 1 on each side:
 
 - scale s resizes the image with corners aligned to (round((H - 1) s) + 1, round((W - 1) s) + 1)
-  pixels, so that pixel spacing is exactly 1/s of the original in corner-aligned coordinates (at
+  pixels, so that the pixel spacing is 1/s of the original (up to the rounding of the size; at
   s = 1 the image itself, no resize);
 - that is padded at the bottom and right with the mean pixel (0 after normalisation) to the
   smallest OS*k + 1 canvas that holds it (at OS 16: 375 -> 385, 500 -> 513);
