@@ -258,7 +258,8 @@ def test_converter_killed_while_writing_leaves_no_worker_and_rerun_removes_tempo
     for name in left:
         assert f'removed {out / name}' in rerun.stderr
     assert temporaries() == [] and not os.path.exists(out / '.train.lock')
-    assert sorted(os.listdir(out)) == [f'train-{i:05d}-of-00004.tfrecord' for i in range(4)]
+    assert sorted(os.listdir(out)) == ['dataset.json'] + [
+        f'train-{i:05d}-of-00004.tfrecord' for i in range(4)]
 
 
 def test_checkpoint_save_killed_midway_leaves_temp_that_the_next_run_removes(tmp_path):
