@@ -1,15 +1,16 @@
 """Holding a folder for one process: a second run on the same folder refuses, naming the holder.
 
 The lock is an OS-level `flock` on a small file inside the folder, which also records who holds it
-(pid, host, start time, command line) for the refusal message. The kernel releases a `flock` when
+(what it does, pid, host, start time) for the refusal message; a refusal on the same host adds
+the holder's command line, read from /proc by its pid. The kernel releases a `flock` when
 its process ends, however it ends, so a killed run never leaves the folder held.
 """
 import contextlib
 import datetime
 import fcntl
 import os
+import re
 import socket
-import sys
 
 LOCK_FILE = '.lock'
 
@@ -20,8 +21,21 @@ class FolderInUse(RuntimeError):
 
 def _holder_description():
     started = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')
-    return (f'pid {os.getpid()} on {socket.gethostname()}, started {started}: '
-            f'{" ".join(sys.argv) or sys.executable}')
+    return f'pid {os.getpid()} on {socket.gethostname()}, started {started}'
+
+
+def _with_command(holder):
+    """The recorded holder, with its command line when it runs on this host."""
+    match = re.search(r'pid (\d+) on (\S+),', holder)
+    if not match or match[2] != socket.gethostname():
+        return holder
+    try:
+        with open(f'/proc/{match[1]}/cmdline', 'rb') as f:
+            # Arguments separated by NULs; any newline inside one would break the one-line message.
+            command = ' '.join(f.read().decode(errors='replace').replace('\0', ' ').split())
+    except OSError:
+        return holder
+    return f'{holder}: {command}' if command else holder
 
 
 @contextlib.contextmanager
@@ -48,7 +62,7 @@ def hold(folder, what, lock_file=LOCK_FILE, flag='--snapshot-dir'):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             with os.fdopen(fd) as f:
-                holder = f.read().strip() or 'another process'
+                holder = _with_command(f.read().strip()) or 'another process'
             raise FolderInUse(f'{folder} is in use: {holder}. Wait for that run to end, or '
                               f'choose another {flag}') from None
         except BaseException:
