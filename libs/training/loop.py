@@ -15,9 +15,9 @@ import numpy as np
 import tensorflow as tf
 
 import config as config_lib
-from libs.datasets import description, input_pipeline, tfrecord
+from libs.datasets import input_pipeline, tfrecord
 from libs.evaluation.metrics import iou_from_confusion
-from libs.runs import checkpoints
+from libs.runs import checkpoints, record
 from libs.training import summaries
 from libs.training.schedules import poly_learning_rate
 from libs.training.step import build_optimizer, build_train_step
@@ -35,77 +35,6 @@ class TrainResult:
     checkpoint: Optional[str]
     loss: Optional[float]
     val_miou: Optional[float]
-
-
-def _describe_changes(previous, config, names):
-    return '; '.join(f'--{name.replace("_", "-")} was {getattr(previous, name)}, now '
-                     f'{getattr(config, name)}' for name in names)
-
-
-def check_snapshot_dir(config):
-    """Refuses to resume a snapshot dir whose checkpoints were trained otherwise.
-
-    A resume may change only `config.RESUMABLE_CHANGES` (e.g. --num-steps, --log-every); another
-    architecture, or another learning rate, crop, seed..., belongs in a new snapshot dir (which
-    can start from this one's weights with --restore-from).
-
-    Returns:
-        The names of the changed resumable fields (empty when starting fresh).
-    Raises:
-        ValueError: naming each refused field with its recorded and new value.
-    """
-    path = os.path.join(config.snapshot_dir, config_lib.CONFIG_FILE)
-    if not (os.path.isfile(path) and tf.train.latest_checkpoint(config.snapshot_dir)):
-        return []
-    previous = config_lib.load_run_config(config.snapshot_dir)
-    if previous.class_names is None:  # recorded before runs recorded their class names
-        previous = dataclasses.replace(previous, class_names=config.class_names)
-    changed = [f.name for f in dataclasses.fields(config)
-               if getattr(previous, f.name) != getattr(config, f.name)]
-    architecture = [name for name in changed if name in config_lib.ARCHITECTURE_FIELDS]
-    if architecture:
-        raise ValueError(f'{config.snapshot_dir} holds checkpoints of another model ('
-                         + _describe_changes(previous, config, architecture)
-                         + '): use another --snapshot-dir')
-    refused = [name for name in changed if name not in config_lib.RESUMABLE_CHANGES]
-    if refused:
-        raise ValueError(
-            f'{config.snapshot_dir} holds a run trained with other settings ('
-            + _describe_changes(previous, config, refused) + '): resume it with the recorded '
-            f'values, or train in another --snapshot-dir (--restore-from {config.snapshot_dir} '
-            'starts from its weights)')
-    return changed
-
-
-def with_dataset_classes(config, train_files, val_files, log):
-    """`config` with the class count, names and ignore label of its records' `dataset.json`.
-
-    The shards of the training and validation splits are checked against the description. A
-    `--num-classes` that contradicts the records is refused; records converted before
-    descriptions existed are taken as VOC's 21 classes (or `--num-classes`), and the first lines
-    say so.
-
-    Raises:
-        ValueError: naming both class counts, or shards that changed after conversion.
-    """
-    dataset = description.read_description(config.data_dir)
-    if dataset is None:
-        log(f'{config.data_dir} has no {description.DESCRIPTION_FILE} (converted by an earlier '
-            f'version): taking {config.num_classes or 21} classes'
-            + ('' if config.num_classes else " (VOC's; --num-classes sets another count)"))
-        return dataclasses.replace(config, num_classes=config.num_classes or 21)
-    description.check_split(dataset, config.data_dir, config.split_name, train_files)
-    if val_files:
-        description.check_split(dataset, config.data_dir, config.val_split, val_files)
-    if config.num_classes not in (None, dataset.num_classes):
-        raise ValueError(f'--num-classes {config.num_classes} contradicts the records: '
-                         f'{config.data_dir} holds {dataset.name} with {dataset.num_classes} '
-                         'classes (leave --num-classes out to take theirs)')
-    if config.ignore_label != dataset.ignore_label:
-        raise ValueError(f'--ignore-label {config.ignore_label} contradicts the records: '
-                         f'{dataset.name} ignores {dataset.ignore_label}')
-    return dataclasses.replace(config, num_classes=dataset.num_classes,
-                               class_names=dataset.class_names)
 
 
 def _initialise(config, model, manager, log):
@@ -193,7 +122,7 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
     A run resumed from its snapshot dir's checkpoint at step k continues the input stream with
     the batches the uninterrupted run took from step k on (default and mirrored strategies; the
     parameter-server workers draw new orders). `<snapshot_dir>/config.json` is written when the
-    run starts fresh and never rewritten (see `check_snapshot_dir`).
+    run starts fresh and never rewritten (see `record.check_snapshot_dir`).
 
     Args:
         config: a `config.TrainConfig`.
@@ -218,8 +147,8 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
     train_files = tfrecord.list_shards(config.data_dir, config.split_name)
     val_files = (tfrecord.list_shards(config.data_dir, config.val_split)
                  if config.val_split else None)
-    config = with_dataset_classes(config, train_files, val_files, log)
-    changed = check_snapshot_dir(config)
+    config = record.with_dataset_classes(config, train_files, val_files, log)
+    changed = record.check_snapshot_dir(config)
     tf.random.set_seed(config.random_seed)
 
     with strategy.scope():
