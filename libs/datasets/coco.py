@@ -34,7 +34,7 @@ from pycocotools import coco as coco_api
 from pycocotools import mask as mask_api
 from tqdm import tqdm
 
-from libs.datasets import conversion, description, voc
+from libs.datasets import conversion, description, label_files, voc
 from libs.datasets.shards import default_num_shards, worker_map, write_shards
 from libs.utils import messages
 
@@ -128,14 +128,14 @@ def draw_label(shapes, height, width):
         uint8 [height, width] class indices, 255 on crowd regions.
 
     Raises:
-        conversion.EntryError: naming the annotation whose segmentation cannot be decoded.
+        label_files.EntryError: naming the annotation whose segmentation cannot be decoded.
     """
     label = np.zeros((height, width), np.uint8)
     for value, segmentation, ann_id in shapes:
         try:
             mask = _mask(segmentation, height, width)
         except Exception as e:  # pycocotools raises bare Exceptions, TypeErrors, ...
-            raise conversion.EntryError(
+            raise label_files.EntryError(
                 f'annotation {ann_id}: cannot decode its segmentation: {e}') from None
         label[mask.astype(bool)] = value
     return label
@@ -148,8 +148,8 @@ def _check(entry):
         problems.append(conversion.Problem(entry.image_id, entry.image_path, 'missing image'))
     else:
         try:
-            fmt, (width, height) = conversion.read_image(entry.image_path)
-        except conversion.EntryError as e:
+            fmt, (width, height) = label_files.read_image(entry.image_path)
+        except label_files.EntryError as e:
             problems.append(conversion.Problem(entry.image_id, entry.image_path, str(e)))
         else:
             if (width, height) != (entry.width, entry.height):
@@ -159,9 +159,9 @@ def _check(entry):
                     f'{entry.width}x{entry.height}'))
     if not problems:
         try:
-            class_pixels = conversion.class_pixel_counts(
+            class_pixels = label_files.class_pixel_counts(
                 draw_label(entry.shapes, entry.height, entry.width), voc.NUM_CLASSES)
-        except conversion.EntryError as e:
+        except label_files.EntryError as e:
             problems.append(conversion.Problem(entry.image_id, entry.annotation_file, str(e)))
     return _Checked(entry, fmt, class_pixels, tuple(problems))
 
@@ -173,7 +173,7 @@ def _encode(checked):
         image_bytes = f.read()
     label = draw_label(entry.shapes, entry.height, entry.width)
     return (image_bytes, checked.image_format, entry.image_id, entry.height, entry.width,
-            conversion.encode_label(label))
+            label_files.encode_label(label))
 
 
 def load_annotations(annotation_file):

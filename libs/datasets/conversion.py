@@ -6,26 +6,21 @@ Two passes over the split:
 2. encode and write the shards under temporary names, renamed only once all are complete, so an
    error or Ctrl-C never leaves a partial shard set behind (`shards.write_shards`).
 
-Labels are read as class indices: palette ('P') and greyscale ('L') PNGs as stored; a label saved
-as RGB colours is mapped back through the VOC palette with a warning, or refused when it holds
-other colours. SBD's `cls/*.mat` files (struct `GTcls.Segmentation`, from
-http://home.bharathh.info/pubs/codes/SBD/download.html) are read when no `.png` of that id exists;
-`SegmentationClassAug` is the commonly distributed PNG conversion of the same labels.
-Records store labels as greyscale PNGs (see `tfrecord`).
+Images and labels are read and checked by `label_files`.
 """
 import collections
 import dataclasses
-import io
 import logging
 import os
 import sys
 import time
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from libs.datasets import description, voc
+from libs.datasets.label_files import (EntryError, class_pixel_counts, encode_label, read_image,
+                                       read_label)
 from libs.datasets.shards import default_num_shards, worker_map, write_shards
 from libs.runs import lock
 from libs.utils import messages
@@ -33,12 +28,6 @@ from libs.utils import messages
 logger = logging.getLogger(__name__)
 
 AUG_LABEL_DIR = 'SegmentationClassAug'
-# PIL modes TensorFlow's decode_image(channels=3) turns into 8-bit RGB.
-_IMAGE_MODES = {'jpeg': ('RGB', 'L'), 'png': ('RGB', 'RGBA', 'L', 'LA', 'P')}
-
-
-class EntryError(ValueError):
-    """One image or label file that cannot be used; the message says why."""
 
 
 class ConversionError(ValueError):
@@ -96,104 +85,6 @@ def default_split_file(voc_dir, split_name):
     return os.path.join(voc_dir, voc.SPLIT_DIR, f'{split_name}.txt')
 
 
-def detect_format(data):
-    """'jpeg', 'png' or None, from the leading bytes of an encoded image."""
-    if data.startswith(b'\xff\xd8\xff'):
-        return 'jpeg'
-    if data.startswith(b'\x89PNG\r\n\x1a\n'):
-        return 'png'
-    return None
-
-
-def _decode(data, what):
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()  # decodes everything: a truncated file fails here, not at open
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on bad data
-        raise EntryError(f'cannot decode {what}: {e}') from None
-    return image
-
-
-def read_image(path):
-    """(format, (width, height)) of a fully decodable JPEG or PNG image file.
-
-    Raises:
-        EntryError: the file is not a JPEG or PNG, cannot be decoded, or has a mode that
-            TensorFlow's `decode_image(channels=3)` does not turn into RGB.
-    """
-    with open(path, 'rb') as f:
-        data = f.read()
-    fmt = detect_format(data)
-    if fmt is None:
-        raise EntryError('image is neither JPEG nor PNG (the records store JPEG or PNG bytes)')
-    image = _decode(data, 'image')
-    if image.mode not in _IMAGE_MODES[fmt]:
-        raise EntryError(f'unsupported image mode {image.mode!r} for {fmt}')
-    return fmt, image.size
-
-
-def _colours_to_indices(rgb):
-    """uint8 [H, W, 3] VOC palette colours -> uint8 [H, W] indices; EntryError on others."""
-    packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) \
-        | rgb[..., 2]
-    colours, inverse = np.unique(packed, return_inverse=True)
-    pal = voc.PALETTE.astype(np.uint32)
-    lookup = dict(zip(((pal[:, 0] << 16) | (pal[:, 1] << 8) | pal[:, 2]).tolist(), range(256)))
-    indices = [lookup.get(c) for c in colours.tolist()]
-    foreign = [c for c, i in zip(colours.tolist(), indices) if i is None]
-    if foreign:
-        limit = messages.MAX_LISTED
-        shown = ', '.join(str((c >> 16, (c >> 8) & 255, c & 255)) for c in foreign[:limit])
-        more = f' and {len(foreign) - limit} more' if len(foreign) > limit else ''
-        raise EntryError(
-            f'label is an RGB image with colours that are not VOC palette colours: {shown}{more}; '
-            'labels must be palette (P) or greyscale (L) PNGs of class indices')
-    return np.asarray(indices, np.uint8)[inverse.reshape(-1)].reshape(rgb.shape[:2])
-
-
-def _read_sbd_mat(path):
-    import scipy.io  # only SBD .mat labels need scipy; keeps worker start-up light
-
-    try:
-        seg = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)['GTcls'].Segmentation
-    except (KeyError, AttributeError):
-        raise EntryError('no GTcls.Segmentation in this .mat (expected an SBD cls/*.mat)') \
-            from None
-    except Exception as e:
-        raise EntryError(f'cannot read .mat label: {e}') from None
-    seg = np.asarray(seg)
-    if seg.ndim != 2 or seg.size == 0 or seg.min() < 0 or seg.max() > 255:
-        raise EntryError(f'GTcls.Segmentation is not a 2-D map of values 0..255 '
-                         f'(shape {seg.shape})')
-    return seg.astype(np.uint8)
-
-
-def read_label(path):
-    """Class indices of a label file: a PNG (P, L, or VOC-palette RGB) or an SBD cls .mat.
-
-    Returns:
-        (uint8 [H, W] indices, a warning string or None).
-
-    Raises:
-        EntryError: the file cannot be decoded or does not hold class indices.
-    """
-    if path.endswith('.mat'):
-        return _read_sbd_mat(path), None
-    with open(path, 'rb') as f:
-        data = f.read()
-    if detect_format(data) != 'png':
-        raise EntryError('label is not a PNG file')
-    image = _decode(data, 'label')
-    if image.mode in ('P', 'L'):
-        return np.array(image), None
-    if image.mode in ('RGB', 'RGBA'):
-        indices = _colours_to_indices(np.asarray(image.convert('RGB')))
-        return indices, (f'{path}: label saved as RGB colours; mapped back to class indices '
-                         'through the VOC palette (save labels as palette PNGs to avoid this)')
-    raise EntryError(f'unsupported label mode {image.mode!r}; expected a palette (P) or '
-                     'greyscale (L) PNG of class indices')
-
-
 def _label_path(label_dir, image_id):
     """The `.png` label, else SBD's `.mat`, else None."""
     png = os.path.join(label_dir, f'{image_id}.png')
@@ -243,19 +134,6 @@ def _check(entry):
     width, height = size if size is not None else (0, 0)
     return _Checked(image_id, image_path, label_path, fmt, height, width, tuple(problems),
                     tuple(warnings), class_pixels)
-
-
-def class_pixel_counts(label, num_classes, ignore_label=voc.IGNORE_LABEL):
-    """Pixels of each class in a label [H, W] (the ignore label left out), as C ints."""
-    return tuple(int(n) for n in np.bincount(label[label != ignore_label].ravel(),
-                                             minlength=num_classes))
-
-
-def encode_label(label):
-    """uint8 [H, W] class indices -> greyscale ('L') PNG bytes, as the records store labels."""
-    buffer = io.BytesIO()
-    Image.fromarray(label, 'L').save(buffer, format='PNG')
-    return buffer.getvalue()
 
 
 def _encode(checked):
