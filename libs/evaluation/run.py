@@ -1,6 +1,7 @@
 """Evaluating a training run's checkpoint on a split: what evaluate.py does, callable from code."""
 import os
 
+import config as config_lib
 from libs.datasets import description, input_pipeline, tfrecord
 from libs.evaluation import metrics, report as report_lib
 from libs.evaluation.evaluator import evaluate_dataset, result_to_json_dict, write_json_atomic
@@ -36,12 +37,16 @@ def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=
         The JSON report as a dict.
     """
     files = tfrecord.list_shards(data_dir, split_name)
-    model, run_config, prefix, step = load_trained_model(restore_from, output_stride)
-    class_names = class_names_of(run_config)
-    check_records_fit_the_run(data_dir, split_name, files, run_config)
     if tflite_model:
         if options != InferenceOptions():
             raise ValueError('a TFLite model runs one scale on its canvas, in its own precision')
+        # The export holds the network: the run gives only its classes, not its weights.
+        run_config, step = config_lib.load_run_config(restore_from), None
+    else:
+        model, run_config, prefix, step = load_trained_model(restore_from, output_stride)
+    class_names = class_names_of(run_config)
+    check_records_fit_the_run(data_dir, split_name, files, run_config)
+    if tflite_model:
         predictor = TFLitePredictor(tflite_model)
         if predictor.num_classes != run_config.num_classes:
             raise ValueError(f'{tflite_model} has {predictor.num_classes} classes, the run '
