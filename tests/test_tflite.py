@@ -161,3 +161,23 @@ def test_calibration_canvases_shrink_large_images():
     np.testing.assert_allclose(canvases[1][0, :50, :60], np.broadcast_to(-5.0 + mean, (50, 60, 3)),
                                atol=1e-4)
     np.testing.assert_allclose(canvases[1][0, 50:], np.broadcast_to(mean, (79, 129, 3)))
+
+
+def test_an_export_removes_what_a_killed_export_left(tmp_path):
+    """A killed writer's temporary folder (its pid gone) is removed by the next export to the
+    same folder and named; one of a live process is left alone."""
+    from libs.utils.image_io import atomic_directory
+    gone = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(gone.stdout)
+    stale = tmp_path / f'.tmp-export-{dead_pid}-abc'
+    live = tmp_path / f'.tmp-export-{os.getpid()}-xyz'
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / 'model.tflite').write_bytes(b'half')
+    lines = []
+    with atomic_directory(str(tmp_path / 'export'), log=lines.append) as tmp_dir:
+        (tmp_path / tmp_dir / 'model.tflite').write_bytes(b'whole')
+    assert lines == [f'Removed {stale}, left by an earlier export that was killed']
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, 'export']
+    assert (tmp_path / 'export' / 'model.tflite').read_bytes() == b'whole'

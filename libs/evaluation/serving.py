@@ -70,7 +70,7 @@ def decode_rgb(image_bytes):
 
 
 def export_saved_model(model, output_dir, class_names, output_stride=16,
-                       options=InferenceOptions()):
+                       options=InferenceOptions(), log=print):
     """Writes the serving SavedModel of a trained `DeepLabV3`, batch norm folded.
 
     The SavedModel is written to a temporary folder beside `output_dir` and renamed, so that
@@ -82,13 +82,14 @@ def export_saved_model(model, output_dir, class_names, output_stride=16,
             TensorFlow Serving, a version folder: `models/deeplab/1`.
         class_names: C names, by class index.
         output_stride, options: the inference the SavedModel runs (`InferenceOptions`).
+        log: where the removal of a killed export's leftovers is reported.
 
     Raises:
         FileExistsError: `output_dir` exists and is not empty (nothing is written).
     """
     module = ServingModule(FoldedDeepLabV3(model), model.num_classes, class_names,
                            output_stride=output_stride, options=options)
-    with atomic_directory(output_dir) as tmp_dir:
+    with atomic_directory(output_dir, log=log) as tmp_dir:
         tf.saved_model.save(module, tmp_dir,
                             signatures={SIGNATURE_KEY: module.serve.get_concrete_function()})
     return os.path.abspath(output_dir)

@@ -77,7 +77,7 @@ LABELS_FILE = 'labels.txt'
 
 
 def export_tflite(model, output_dir, class_names, canvas_size=513, output_stride=16,
-                  quantize='none', representative_dataset=None):
+                  quantize='none', representative_dataset=None, log=print):
     """Writes the TFLite model of a trained `DeepLabV3`, batch norm folded, and its labels.
 
     Args:
@@ -90,6 +90,7 @@ def export_tflite(model, output_dir, class_names, canvas_size=513, output_stride
         quantize: one of `QUANTIZATIONS`.
         representative_dataset: for 'int8', a callable returning an iterable of
             [float32 [1, S, S, 3]] (see `calibration_canvases`).
+        log: where the removal of a killed export's leftovers is reported.
 
     Returns:
         The path of the .tflite file.
@@ -123,7 +124,7 @@ def export_tflite(model, output_dir, class_names, canvas_size=513, output_stride
     elif quantize == 'int8':
         converter.representative_dataset = representative_dataset
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    with atomic_directory(output_dir) as tmp_dir:
+    with atomic_directory(output_dir, log=log) as tmp_dir:
         with open(os.path.join(tmp_dir, MODEL_FILE), 'wb') as f:
             f.write(converter.convert())
         with open(os.path.join(tmp_dir, LABELS_FILE), 'w', encoding='utf-8') as f:

@@ -92,15 +92,16 @@ def read_rgb(path):
 
 
 @contextlib.contextmanager
-def atomic_directory(output_dir, flag='--output-dir'):
+def atomic_directory(output_dir, flag='--output-dir', log=None):
     """Yields a temporary folder beside `output_dir` to fill, and renames it to `output_dir` when
     the block succeeds, so that `output_dir` is either complete or absent (a server watching its
-    parent never sees half an export; a killed export leaves a `.tmp-` folder, never a partial
-    `output_dir`).
+    parent never sees half an export). A killed writer leaves its `.tmp-<name>-<pid>-*` folder;
+    the next call for `output_dir` removes those whose process is gone, and says so.
 
     Args:
         output_dir: the folder to create; it must not exist, or be empty.
         flag: the flag that named it, for the refusal.
+        log: called with one line per leftover removed.
 
     Raises:
         FileExistsError: `output_dir` exists and is not empty (nothing is written).
@@ -111,7 +112,15 @@ def atomic_directory(output_dir, flag='--output-dir'):
                               f'another {flag}')
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(dir=parent, prefix=f'.tmp-{os.path.basename(output_dir)}-')
+    prefix = f'.tmp-{os.path.basename(output_dir)}-'
+    for name in sorted(os.listdir(parent)):
+        pid = name[len(prefix):].split('-')[0] if name.startswith(prefix) else ''
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            if log:
+                log(f'Removed {os.path.join(parent, name)}, left by an earlier export that was '
+                    'killed')
+    tmp_dir = tempfile.mkdtemp(dir=parent, prefix=f'{prefix}{os.getpid()}-')
     try:
         yield tmp_dir
         os.chmod(tmp_dir, 0o755)  # mkdtemp makes it private; servers often run as another user
@@ -120,6 +129,17 @@ def atomic_directory(output_dir, flag='--output-dir'):
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
+
+
+def _alive(pid):
+    """Whether a process with this pid exists (on this host)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager
