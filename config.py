@@ -37,6 +37,8 @@ class TrainConfig:
     num_classes: Optional[int] = None
     ignore_label: int = 255
     class_names: Optional[Tuple[str, ...]] = None  # from dataset.json, recorded in config.json
+    # (r, g, b) per class, from dataset.json (VOC's colours for records without one).
+    class_colors: Optional[Tuple[Tuple[int, int, int], ...]] = None
     # Input.
     batch_size: int = 16
     input_size: int = 513
@@ -49,6 +51,9 @@ class TrainConfig:
     power: float = 0.9
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    # 'none', 'median-frequency', 'inverse-sqrt' or a file; the weights it gave are recorded.
+    class_weights: str = 'none'
+    class_weight_values: Optional[Tuple[float, ...]] = None
     num_steps: int = 30000
     # Batch norm: trained (statistics updated) unless frozen.
     freeze_bn: bool = False
@@ -158,6 +163,22 @@ def unit_interval(text):
     return _number(text, float, minimum=0.0, maximum=1.0)
 
 
+def class_weights_spec(text):
+    """argparse type of `--class-weights`: a method name, or a file of weights (read and
+    checked here, its count against the classes once the records are known)."""
+    from libs.training.class_weights import CLASS_WEIGHT_METHODS, read_class_weights
+    if text in CLASS_WEIGHT_METHODS:
+        return text
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(
+            f'{text!r} is neither {", ".join(CLASS_WEIGHT_METHODS)} nor a file of weights')
+    try:
+        read_class_weights(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def parse_int_tuple(text):
     """'1,2,4' -> (1, 2, 4), for `--multi-grid`: positive integers."""
     values = tuple(positive_int(t) for t in text.split(',') if t.strip())
@@ -245,6 +266,11 @@ def build_train_parser(doc):
                    help='L2 weight decay on the convolution weights')
     g.add_argument('--num-steps', type=positive_int, default=d.num_steps,
                    help='global step at which training ends')
+    g.add_argument('--class-weights', type=class_weights_spec, default=d.class_weights,
+                   metavar='none|median-frequency|inverse-sqrt|FILE',
+                   help="per-class loss weights: from the training split's pixel counts in "
+                        'dataset.json (median-frequency: median(f)/f_c; inverse-sqrt: '
+                        '1/sqrt(f_c)), or a file of one weight per class, one a line')
     g = p.add_argument_group('batch norm')
     bn = g.add_mutually_exclusive_group()
     bn.add_argument('--freeze-bn', dest='freeze_bn', action='store_true', default=d.freeze_bn,
@@ -366,6 +392,10 @@ def load_run_config(path):
     values['multi_grid'] = tuple(values.get('multi_grid', TrainConfig.multi_grid))
     if values.get('class_names') is not None:
         values['class_names'] = tuple(values['class_names'])
+    if values.get('class_colors') is not None:
+        values['class_colors'] = tuple(tuple(colour) for colour in values['class_colors'])
+    if values.get('class_weight_values') is not None:
+        values['class_weight_values'] = tuple(values['class_weight_values'])
     return TrainConfig(**values)
 
 

@@ -78,7 +78,7 @@ def main(argv=None):
     args = parse_args(argv)
     from libs.evaluation import serving, tflite
     from libs.evaluation.inference import InferenceOptions
-    from libs.evaluation.prediction import class_names_of
+    from libs.evaluation.prediction import class_colors_of, class_names_of
     from libs.runs.checkpoints import load_trained_model
     try:
         model, run_config, prefix, step = load_trained_model(args.restore_from,
@@ -95,7 +95,8 @@ def main(argv=None):
             options = InferenceOptions.from_args(args)
             path = serving.export_saved_model(model, args.output_dir, class_names,
                                               output_stride=run_config.output_stride,
-                                              options=options)
+                                              options=options,
+                                              class_colors=class_colors_of(run_config))
             what = f'SavedModel, {options.describe()}'
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f'error: {e}', file=sys.stderr)

@@ -3,8 +3,8 @@
     .venv/bin/python predict.py --restore-from runs/stage1 --input photos/ \\
         --output-dir predictions --overlay
 
-For each input `<stem>.<ext>` writes `<stem>.png` (class indices as a VOC palette PNG, at the
-input's own size) and with --overlay `<stem>_overlay.jpg` (the photo tinted with the classes found,
+For each input `<stem>.<ext>` writes `<stem>.png` (class indices as a palette PNG in the colours of
+the run's dataset, at the input's own size) and with --overlay `<stem>_overlay.jpg` (the photo tinted with the classes found,
 with a legend). --input is one file, a folder (not recursive) or a quoted glob pattern. EXIF
 orientation is applied, so outputs are upright, as image viewers show the photo. The architecture is
 read from the run's config.json. An output that would overwrite an input is refused before anything
@@ -63,7 +63,7 @@ def main(argv=None):
           file=sys.stderr)
     failures = prediction.predict_files(
         predictor, paths, args.output_dir, prediction.class_names_of(run_config),
-        overlay=args.overlay)
+        overlay=args.overlay, class_colors=prediction.class_colors_of(run_config))
     written = len(paths) - len(failures)
     print(f'Wrote {written} prediction(s) to {args.output_dir}', file=sys.stderr)
     if failures:

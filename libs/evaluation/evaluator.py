@@ -36,7 +36,8 @@ def check_label_values(image_id, label, num_classes, ignore_label):
 
 
 def evaluate_dataset(predictor, dataset, num_classes, ignore_label=255, save_predictions_dir=None,
-                     progress=True, max_images=None, on_prediction=None, num_images=None):
+                     progress=True, max_images=None, on_prediction=None, num_images=None,
+                     class_colors=None):
     """Predicts every image of `dataset` and scores the predictions against the labels.
 
     Args:
@@ -47,7 +48,7 @@ def evaluate_dataset(predictor, dataset, num_classes, ignore_label=255, save_pre
         num_classes: C.
         ignore_label: label value excluded from the score.
         save_predictions_dir: if given, each prediction is written there as the palette PNG
-            `<image_id>.png` (the folder is created).
+            `<image_id>.png` (the folder is created), in `class_colors` (None: VOC's).
         progress: show a progress bar on stderr.
         max_images: evaluate only the first `max_images` images.
         num_images: how many images `dataset` holds, for the progress bar's total and ETA (a
@@ -88,7 +89,8 @@ def evaluate_dataset(predictor, dataset, num_classes, ignore_label=255, save_pre
         accumulator.update(metrics.confusion_matrix(label, prediction, num_classes, ignore_label))
         if save_predictions_dir is not None:
             visualize.save_palette_png(
-                os.path.join(save_predictions_dir, _png_name(image_id)), prediction.numpy())
+                os.path.join(save_predictions_dir, _png_name(image_id)), prediction.numpy(),
+                class_colors)
         if on_prediction is not None:
             on_prediction(image_id, example['image'].numpy(), label.numpy(), prediction.numpy())
         num_images += 1

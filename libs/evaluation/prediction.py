@@ -1,7 +1,7 @@
 """Predicting image files: what predict.py does, callable from code.
 
-Each input `<stem>.<ext>` gives `<stem>.png`, the class indices as a VOC palette PNG at the
-input's own (upright) size, and optionally `<stem>_overlay.jpg`, the photo tinted with the mask
+Each input `<stem>.<ext>` gives `<stem>.png`, the class indices as a palette PNG in the dataset's
+colours at the input's own (upright) size, and optionally `<stem>_overlay.jpg`, the photo tinted with the mask
 and a legend of the classes found.
 """
 import os
@@ -24,7 +24,15 @@ def class_names_of(run_config):
     return voc.dataset(run_config.num_classes).class_names
 
 
-def overlay_with_legend(image, label, class_names, alpha=0.5):
+def class_colors_of(run_config):
+    """A run's class colours: those its records' description gave (recorded in its config.json);
+    for runs recorded before, VOC's."""
+    if run_config.class_colors is not None:
+        return run_config.class_colors
+    return voc.dataset(run_config.num_classes).palette
+
+
+def overlay_with_legend(image, label, class_names, class_colors=None, alpha=0.5):
     """The photo tinted with the class colours, and a legend of the classes present on its right.
 
     Background (index 0) is left untinted and not listed.
@@ -33,15 +41,17 @@ def overlay_with_legend(image, label, class_names, alpha=0.5):
         image: uint8 array [H, W, 3].
         label: integer array [H, W] of class indices.
         class_names: names by class index.
+        class_colors: (r, g, b) by class index, or None for VOC's.
         alpha: weight of the colour mask.
 
     Returns:
         uint8 array [max(H, legend height), W + legend width, 3]; the photo at the top left,
         white elsewhere.
     """
-    tinted = visualize.overlay(image, label, alpha=alpha)
+    tinted = visualize.overlay(image, label, alpha=alpha, class_colors=class_colors)
+    palette = visualize.full_palette(class_colors)
     present = [int(c) for c in np.unique(label) if c != 0]
-    entries = [(tuple(int(v) for v in voc.PALETTE[c]),
+    entries = [(tuple(int(v) for v in palette[c]),
                 class_names[c] if c < len(class_names) else f'class_{c}') for c in present]
     height, width = tinted.shape[:2]
     # Legible next to the photo at any size: a 500-pixel VOC photo gets 20-pixel text.
@@ -68,7 +78,7 @@ def overlay_with_legend(image, label, class_names, alpha=0.5):
 
 
 def predict_files(predictor, paths, output_dir, class_names, overlay=False, progress=True,
-                  log=None):
+                  log=None, class_colors=None):
     """Predicts image files one by one; an unreadable file is reported and skipped.
 
     Args:
@@ -77,6 +87,8 @@ def predict_files(predictor, paths, output_dir, class_names, overlay=False, prog
         paths: image files (see `image_io.list_images`); their stems must differ.
         output_dir: where `<stem>.png` (and `<stem>_overlay.jpg`) go; created if needed.
         class_names: names by class index, for the overlay legend.
+        class_colors: (r, g, b) by class index, for the PNGs' palette and the overlays; None for
+            VOC's.
         overlay: also write the overlays.
         progress: show a progress bar on stderr (only for more than one file).
         log: called with one line per failed file; default: printed to stderr (above the bar).
@@ -103,10 +115,10 @@ def predict_files(predictor, paths, output_dir, class_names, overlay=False, prog
             log(f'skipped {path}: prediction failed: {e.message}')
             continue
         outputs = image_io.output_paths(path, output_dir, overlay)
-        visualize.save_palette_png(outputs[0], prediction)
+        visualize.save_palette_png(outputs[0], prediction, class_colors)
         if overlay:
-            image_io.save_image_atomic(outputs[1],
-                                       overlay_with_legend(image, prediction, class_names))
+            image_io.save_image_atomic(
+                outputs[1], overlay_with_legend(image, prediction, class_names, class_colors))
     return failures
 
 

@@ -173,7 +173,7 @@ def plot_confusion_matrix(path, confusion, class_names):
     _save_figure(figure, path)
 
 
-def plot_per_class_iou(path, per_class_iou, class_names, miou=None):
+def plot_per_class_iou(path, per_class_iou, class_names, miou=None, class_colors=None):
     """Writes a bar chart PNG of per-class IoU (%); classes with an undefined IoU read "n/a".
 
     Args:
@@ -181,13 +181,13 @@ def plot_per_class_iou(path, per_class_iou, class_names, miou=None):
         per_class_iou: C floats, None or NaN where undefined.
         class_names: C names.
         miou: drawn as a dashed line, if given.
+        class_colors: the bars' colours, (r, g, b) by class index; None for VOC's.
     """
     values = np.array([np.nan if v is None else v for v in per_class_iou], dtype=np.float64)
     figure = Figure(figsize=iou_figure_size(len(values)), dpi=DPI)
     axes = figure.add_subplot()
     positions = np.arange(len(values))
-    colours = [tuple(c / 255.0 for c in visualize.colorize(np.array([[i]]))[0, 0])
-               for i in range(len(values))]
+    colours = visualize.full_palette(class_colors)[:len(values)] / 255.0
     axes.bar(positions, np.nan_to_num(100 * values), color=colours, edgecolor='black',
              linewidth=0.5)
     for x, value in zip(positions, values):
@@ -206,7 +206,8 @@ def plot_per_class_iou(path, per_class_iou, class_names, miou=None):
     _save_figure(figure, path)
 
 
-def write_report(report_dir, evaluation, class_names, image_scores, title='Evaluation'):
+def write_report(report_dir, evaluation, class_names, image_scores, title='Evaluation',
+                 class_colors=None):
     """Writes the figures, the example images and `index.html` into `report_dir`.
 
     Args:
@@ -219,6 +220,8 @@ def write_report(report_dir, evaluation, class_names, image_scores, title='Evalu
         title: page title. Run details (`_DETAIL_KEYS`: checkpoint, step, split, output stride,
             the inference options) are shown where `evaluation` has them (the JSON report of
             `evaluate_checkpoint` does).
+        class_colors: (r, g, b) by class index, for the bars and the example masks; None for
+            VOC's.
 
     Returns:
         The path of `index.html`.
@@ -234,7 +237,7 @@ def write_report(report_dir, evaluation, class_names, image_scores, title='Evalu
     plot_confusion_matrix(os.path.join(report_dir, CONFUSION_FILE),
                           evaluation['confusion_matrix'], class_names)
     plot_per_class_iou(os.path.join(report_dir, IOU_FILE), per_class_iou, class_names,
-                       evaluation.get('miou'))
+                       evaluation.get('miou'), class_colors)
     sections = []
     for kind, examples in (('worst', image_scores.worst()), ('best', image_scores.best())):
         rows = []
@@ -247,9 +250,9 @@ def write_report(report_dir, evaluation, class_names, image_scores, title='Evalu
             }
             image_io.save_image_atomic(os.path.join(report_dir, files['image']), example.image)
             image_io.save_image_atomic(os.path.join(report_dir, files['ground truth']),
-                                       visualize.colorize(example.label))
+                                       visualize.colorize(example.label, class_colors))
             image_io.save_image_atomic(os.path.join(report_dir, files['prediction']),
-                                       visualize.colorize(example.prediction))
+                                       visualize.colorize(example.prediction, class_colors))
             rows.append((example, files))
         sections.append((kind, rows))
     path = os.path.join(report_dir, INDEX_FILE)

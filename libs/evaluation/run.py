@@ -6,7 +6,7 @@ from libs.datasets import description, input_pipeline, tfrecord
 from libs.evaluation import metrics, report as report_lib
 from libs.evaluation.evaluator import evaluate_dataset, result_to_json_dict, write_json_atomic
 from libs.evaluation.inference import InferenceOptions
-from libs.evaluation.prediction import class_names_of
+from libs.evaluation.prediction import class_colors_of, class_names_of
 from libs.evaluation.tflite import TFLitePredictor
 from libs.nets.folding import FoldedDeepLabV3
 from libs.runs.checkpoints import load_trained_model
@@ -44,7 +44,7 @@ def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=
         run_config, step = config_lib.load_run_config(restore_from), None
     else:
         model, run_config, prefix, step = load_trained_model(restore_from, output_stride)
-    class_names = class_names_of(run_config)
+    class_names, class_colors = class_names_of(run_config), class_colors_of(run_config)
     check_records_fit_the_run(data_dir, split_name, files, run_config)
     if tflite_model:
         predictor = TFLitePredictor(tflite_model)
@@ -66,7 +66,8 @@ def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=
                               run_config.num_classes, run_config.ignore_label,
                               save_predictions_dir=save_predictions_dir, progress=progress,
                               max_images=max_images, on_prediction=image_scores,
-                              num_images=tfrecord.count_records(files) if progress else None)
+                              num_images=tfrecord.count_records(files) if progress else None,
+                              class_colors=class_colors)
     report = result_to_json_dict(result, class_names, **options.to_json_dict(),
                                  output_stride=run_config.output_stride, checkpoint=prefix,
                                  global_step=step, split=split_name)
@@ -78,7 +79,8 @@ def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=
         write_json_atomic(output_json, report)
     if report_dir:
         index = report_lib.write_report(report_dir, report, class_names, image_scores,
-                                        title=f'DeepLabV3 on {split_name}')
+                                        title=f'DeepLabV3 on {split_name}',
+                                        class_colors=class_colors)
         log(f'Report: {index}')
     return report
 

@@ -21,6 +21,7 @@ from libs.datasets import input_pipeline
 from libs.evaluation.inference import InferenceOptions
 from libs.nets.folding import FoldedDeepLabV3
 from libs.utils.image_io import atomic_directory
+from libs.utils.visualize import full_palette
 
 SIGNATURE_KEY = 'serving_default'
 INPUT_KEY = 'image_bytes'
@@ -36,16 +37,20 @@ class ServingModule(tf.Module):
         class_names: C names, saved as the string variable `class_names` for clients.
         output_stride: the output stride the network runs at.
         options: `InferenceOptions`: scales, flips, sliding windows, precision.
+        class_colors: C (r, g, b) colours, saved as the int32 variable `class_colors` [C, 3]
+            for clients that paint the class map; None for VOC's.
     """
 
     def __init__(self, model, num_classes, class_names, output_stride=16,
-                 options=InferenceOptions()):
+                 options=InferenceOptions(), class_colors=None):
         super().__init__(name='deeplabv3_serving')
         if len(class_names) != num_classes:
             raise ValueError(f'{len(class_names)} class names for {num_classes} classes')
         self.model = model
         self.class_names = tf.Variable(list(class_names), trainable=False, dtype=tf.string,
                                        name='class_names')
+        self.class_colors = tf.Variable(full_palette(class_colors)[:num_classes].astype('int32'),
+                                        trainable=False, name='class_colors')
         self._predictor = options.predictor(model, num_classes, output_stride)
         self.serve = tf.function(
             self._serve, input_signature=[tf.TensorSpec([], tf.string, name=INPUT_KEY)])
@@ -70,7 +75,7 @@ def decode_rgb(image_bytes):
 
 
 def export_saved_model(model, output_dir, class_names, output_stride=16,
-                       options=InferenceOptions(), log=print):
+                       options=InferenceOptions(), log=print, class_colors=None):
     """Writes the serving SavedModel of a trained `DeepLabV3`, batch norm folded.
 
     The SavedModel is written to a temporary folder beside `output_dir` and renamed, so that
@@ -81,6 +86,7 @@ def export_saved_model(model, output_dir, class_names, output_stride=16,
         output_dir: the SavedModel folder to create; it must not exist or be empty. For
             TensorFlow Serving, a version folder: `models/deeplab/1`.
         class_names: C names, by class index.
+        class_colors: C (r, g, b) colours, by class index; None for VOC's.
         output_stride, options: the inference the SavedModel runs (`InferenceOptions`).
         log: where the removal of a killed export's leftovers is reported.
 
@@ -88,7 +94,8 @@ def export_saved_model(model, output_dir, class_names, output_stride=16,
         FileExistsError: `output_dir` exists and is not empty (nothing is written).
     """
     module = ServingModule(FoldedDeepLabV3(model), model.num_classes, class_names,
-                           output_stride=output_stride, options=options)
+                           output_stride=output_stride, options=options,
+                           class_colors=class_colors)
     with atomic_directory(output_dir, log=log) as tmp_dir:
         tf.saved_model.save(module, tmp_dir,
                             signatures={SIGNATURE_KEY: module.serve.get_concrete_function()})

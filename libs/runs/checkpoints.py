@@ -61,8 +61,11 @@ def describe_checkpoint(prefix):
             'global_step': step}
 
 
-def check_compatible(prefix, num_layers, num_classes):
+def check_compatible(prefix, num_layers, num_classes, other_classes=False):
     """Refuses a checkpoint written by another architecture, saying which part differs.
+
+    Args:
+        other_classes: accept another class count (the classifier is then not restored).
 
     Raises:
         ValueError: e.g. "checkpoint X is ResNet-50 with 21 classes, the model is ResNet-101 ...".
@@ -75,29 +78,39 @@ def check_compatible(prefix, num_layers, num_classes):
     if found['num_layers'] != num_layers:
         problems.append(f"depth: checkpoint has {found['num_layers']} layers, "
                         f'model has {num_layers}')
-    if found['num_classes'] != num_classes:
+    if found['num_classes'] != num_classes and not other_classes:
         problems.append(f"classes: checkpoint has {found['num_classes']}, model has {num_classes}")
     if problems:
         raise ValueError(f'checkpoint {prefix} does not match the model: ' + '; '.join(problems))
     return found
 
 
-def restore_model_weights(model, path):
+def restore_model_weights(model, path, other_classes=False):
     """Loads the model's weights from a checkpoint (no optimiser state, no step).
 
     Args:
         model: a `DeepLabV3`.
         path: a snapshot dir or a checkpoint prefix.
+        other_classes: a checkpoint with another class count is accepted: everything but the
+            classifier is loaded (backbone and ASPP), and the classifier keeps its initial
+            weights. This is fine-tuning a model to other classes (e.g. VOC's 21 to 19).
     Returns:
-        (prefix, the checkpoint's global step or None).
+        (prefix, the checkpoint's global step or None, the checkpoint's class count).
     Raises:
-        ValueError: when the checkpoint was written for another depth or class count.
+        ValueError: when the checkpoint was written for another depth, or another class count
+            without `other_classes`.
     """
     prefix = resolve_checkpoint(path)
-    found = check_compatible(prefix, model.backbone.depth, model.num_classes)
-    status = tf.train.Checkpoint(model=model).read(prefix)
+    found = check_compatible(prefix, model.backbone.depth, model.num_classes, other_classes)
+    if found['num_classes'] == model.num_classes:
+        status = tf.train.Checkpoint(model=model).read(prefix)
+    else:
+        # The same object graph without the classifier: the checkpoint's classifier (and the
+        # rest of the checkpoint: optimiser, step) is left unread.
+        status = tf.train.Checkpoint(model=tf.train.Checkpoint(
+            backbone=model.backbone, aspp=model.aspp)).read(prefix)
     status.assert_existing_objects_matched().expect_partial()
-    return prefix, found['global_step']
+    return prefix, found['global_step'], found['num_classes']
 
 
 def build_model(config, num_replicas=1):
@@ -128,5 +141,5 @@ def load_trained_model(path, output_stride=None):
     if output_stride:
         run_config = dataclasses.replace(run_config, output_stride=output_stride)
     model = build_model(run_config)
-    prefix, step = restore_model_weights(model, prefix)
+    prefix, step, _ = restore_model_weights(model, prefix)
     return model, run_config, prefix, step

@@ -7,7 +7,8 @@ import os
 import tensorflow as tf
 
 import config as config_lib
-from libs.datasets import description
+from libs.datasets import description, voc
+from libs.training import class_weights
 
 
 def _describe_changes(previous, config, names):
@@ -33,6 +34,8 @@ def check_snapshot_dir(config):
     previous = config_lib.load_run_config(config.snapshot_dir)
     if previous.class_names is None:  # recorded before runs recorded their class names
         previous = dataclasses.replace(previous, class_names=config.class_names)
+    if previous.class_colors is None:  # recorded before runs recorded their colours
+        previous = dataclasses.replace(previous, class_colors=config.class_colors)
     changed = [f.name for f in dataclasses.fields(config)
                if getattr(previous, f.name) != getattr(config, f.name)]
     architecture = [name for name in changed if name in config_lib.ARCHITECTURE_FIELDS]
@@ -51,23 +54,30 @@ def check_snapshot_dir(config):
 
 
 def with_dataset_classes(config, train_files, val_files, log):
-    """`config` with the class count, names and ignore label of its records' `dataset.json`.
+    """`config` with the class count, names, colours and ignore label of its records'
+    `dataset.json`, and the class weights `--class-weights` gives.
 
     The shards of the training and validation splits are checked against the description. A
     `--num-classes` that contradicts the records is refused; records converted before
-    descriptions existed are taken as VOC's 21 classes (or `--num-classes`), and the first lines
-    say so.
+    descriptions existed are taken as VOC's 21 classes (or `--num-classes`) in VOC's colours,
+    and the first lines say so.
 
     Raises:
-        ValueError: naming both class counts, or shards that changed after conversion.
+        ValueError: naming both class counts, shards that changed after conversion, or class
+            weights that cannot be had (`class_weights.resolve_class_weights`).
     """
     dataset = description.read_description(config.data_dir)
     if dataset is None:
         log(f'{config.data_dir} has no {description.DESCRIPTION_FILE} (converted by an earlier '
             f'version): taking {config.num_classes or 21} classes'
             + ('' if config.num_classes else " (VOC's; --num-classes sets another count)"))
-        return dataclasses.replace(config, num_classes=config.num_classes or 21)
-    description.check_split(dataset, config.data_dir, config.split_name, train_files)
+        num_classes = config.num_classes or 21
+        weights = class_weights.resolve_class_weights(
+            config.class_weights, num_classes, None, config.data_dir)
+        return dataclasses.replace(config, num_classes=num_classes,
+                                   class_colors=voc.dataset(num_classes).palette,
+                                   class_weight_values=weights)
+    info = description.check_split(dataset, config.data_dir, config.split_name, train_files)
     if val_files:
         description.check_split(dataset, config.data_dir, config.val_split, val_files)
     if config.num_classes not in (None, dataset.num_classes):
@@ -77,5 +87,9 @@ def with_dataset_classes(config, train_files, val_files, log):
     if config.ignore_label != dataset.ignore_label:
         raise ValueError(f'--ignore-label {config.ignore_label} contradicts the records: '
                          f'{dataset.name} ignores {dataset.ignore_label}')
+    weights = class_weights.resolve_class_weights(
+        config.class_weights, dataset.num_classes, info.class_pixels,
+        f'{description.description_path(config.data_dir)}, split {config.split_name}')
     return dataclasses.replace(config, num_classes=dataset.num_classes,
-                               class_names=dataset.class_names)
+                               class_names=dataset.class_names, class_colors=dataset.palette,
+                               class_weight_values=weights)

@@ -18,7 +18,9 @@ import config as config_lib
 from libs.datasets import input_pipeline, tfrecord
 from libs.evaluation.metrics import iou_from_confusion
 from libs.runs import checkpoints, record
+from libs.evaluation.prediction import class_names_of
 from libs.training import summaries
+from libs.training.class_weights import format_class_weights
 from libs.training.schedules import poly_learning_rate
 from libs.training.step import build_optimizer, build_train_step
 
@@ -49,9 +51,13 @@ def _initialise(config, model, manager, log):
             f'{int(manager.checkpoint.step.numpy())}')
         return True
     if config.restore_from:
-        prefix, source_step = checkpoints.restore_model_weights(model, config.restore_from)
+        prefix, source_step, source_classes = checkpoints.restore_model_weights(
+            model, config.restore_from, other_classes=True)
         log(f'Starting from the weights of {prefix} (step {source_step} there); the global step '
             'and optimiser state start fresh')
+        if source_classes != config.num_classes:
+            log(f'The classifier starts fresh (random weights): {source_classes} classes there, '
+                f'{config.num_classes} here; the backbone and ASPP are loaded')
     elif config.imagenet:
         from libs.nets.pretrained import load_slim_backbone
         log(load_slim_backbone(model.backbone, config.imagenet).summary())
@@ -149,6 +155,9 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
                  if config.val_split else None)
     config = record.with_dataset_classes(config, train_files, val_files, log)
     changed = record.check_snapshot_dir(config)
+    if config.class_weight_values is not None:
+        log(format_class_weights(config.class_weights, class_names_of(config),
+                                 config.class_weight_values))
     tf.random.set_seed(config.random_seed)
 
     with strategy.scope():

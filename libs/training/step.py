@@ -1,9 +1,10 @@
 """The training step (paper, section 4.1), written once for every strategy.
 
 Forward at the training output stride, logits upsampled to the label, softmax cross-entropy with 255
-ignored plus weight decay, momentum SGD with a poly learning rate. The loss of a step is normalised
-by the valid pixels of the whole global batch, so N replicas compute exactly the gradient of one
-device given the whole batch.
+ignored (each pixel weighted by its class with --class-weights) plus weight decay, momentum SGD
+with a poly learning rate. The loss of a step is normalised by the summed weights of the valid
+pixels of the whole global batch (their count without class weights), so N replicas compute
+exactly the gradient of one device given the whole batch.
 """
 import re
 
@@ -104,7 +105,7 @@ def build_train_step(model, optimizer, global_step, strategy, config):
         optimizer: from `build_optimizer`.
         global_step: int64 variable, incremented once per applied update.
         strategy: the strategy the model was created under.
-        config: `TrainConfig` (num_classes, ignore_label, weight_decay).
+        config: `TrainConfig` (num_classes, ignore_label, class_weight_values, weight_decay).
     Returns:
         The step function. Its outputs are the global batch's loss (scalar float32, weight decay
         included) and its confusion matrix (int64 [C, C]) of the training predictions.
@@ -115,10 +116,10 @@ def build_train_step(model, optimizer, global_step, strategy, config):
         labels = check_labels(labels, config.num_classes, config.ignore_label)
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
-            loss_sum, valid, logits = masked_cross_entropy_sum(logits, labels,
-                                                               config.ignore_label)
-            global_valid = replica.all_reduce(tf.distribute.ReduceOp.SUM, valid)
-            loss = (loss_sum / tf.maximum(global_valid, 1.0)
+            loss_sum, weight_sum, logits = masked_cross_entropy_sum(
+                logits, labels, config.ignore_label, config.class_weight_values)
+            global_weight = replica.all_reduce(tf.distribute.ReduceOp.SUM, weight_sum)
+            loss = (tf.math.divide_no_nan(loss_sum, global_weight)
                     + weight_decay_loss(model.regularized_variables, config.weight_decay)
                     / replica.num_replicas_in_sync)
         variables = model.trainable_variables

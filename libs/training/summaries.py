@@ -1,5 +1,6 @@
 """What a training run reports: progress lines on stdout and TensorBoard scalars, and at every
-checkpoint a validation mIoU and a few images (input, ground truth, prediction in VOC colours)."""
+checkpoint a validation mIoU and a few images (input, ground truth, prediction in the dataset's
+colours)."""
 import contextlib
 import datetime
 import os
@@ -114,7 +115,8 @@ class Reporter:
             image = np.clip(example['image'].numpy() + np.array(input_pipeline.MEAN_RGB),
                             0, 255).astype(np.uint8)
             rows.append(np.concatenate(
-                [image, colorize(example['label'].numpy()), colorize(np.asarray(prediction))],
+                [image, colorize(example['label'].numpy(), self.config.class_colors),
+                 colorize(np.asarray(prediction), self.config.class_colors)],
                 axis=1))
         for i, row in enumerate(rows):
             tf.summary.image(f'input_truth_prediction/{i}', row[np.newaxis])
