@@ -1,6 +1,8 @@
 """Speed of the project's real code paths on this machine, with random weights.
 
     .venv/bin/python benchmark.py --mode inference --num-layers 101 --output-stride 16 --input-size 513
+    .venv/bin/python benchmark.py --mode inference --num-layers 101 --output-stride 8 \
+        --height 1024 --width 2048 --crop-size 513 --steps 3 --warmup 1
     .venv/bin/python benchmark.py --mode train --num-layers 50 --input-size 321 --batch-size 2
     .venv/bin/python benchmark.py --mode input --input-size 321 --batch-size 2 --steps 50
     .venv/bin/python benchmark.py --mode convert --num-images 200 --steps 3
@@ -12,7 +14,11 @@ alike):
   [S, S, 3] image (network, bilinear upsampling to S x S, softmax, average), with batch norm folded
   into the convolutions (`FoldedDeepLabV3`) unless `--no-fold-bn`; one scale (1.0) by default. A
   step is `--batch-size` images, one call each. With several scales or `--flip`, each
-  single-scale pass is timed too and `multiscale_cost_ratio` compares the two.
+  single-scale pass is timed too and `multiscale_cost_ratio` compares the two. `--height` and
+  `--width` give a non-square image (a Cityscapes frame is 1024 x 2048); `--crop-size` and
+  `--stride` run sliding-window inference as evaluate.py's flags of the same names. Time and peak
+  memory of whole-image against sliding-window inference: run the command twice, with and
+  without `--crop-size` (one process per configuration, so each peak RSS is its own).
 - train: the real train step of `libs/training/step.py` (forward, loss, backward, momentum update)
   under the default strategy (train.py's), fed one in-memory batch repeated, so input is not
   measured. `--cpu-devices N` or `--num-gpus N` runs it under train_multi_gpu.py's
@@ -75,6 +81,16 @@ def build_parser():
                    help='inference: evaluation scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75; with '
                         'several (or --flip) each single-scale pass is timed too')
     p.add_argument('--flip', action='store_true', help='inference: add left-right flips')
+    p.add_argument('--height', type=config_lib.positive_int, default=None,
+                   help='inference: image height; default --input-size')
+    p.add_argument('--width', type=config_lib.positive_int, default=None,
+                   help='inference: image width; default --input-size')
+    p.add_argument('--crop-size', type=config_lib.positive_int, default=None,
+                   help='inference: sliding windows of N x N pixels (evaluate.py --crop-size); '
+                        'default the whole image at once')
+    p.add_argument('--stride', type=config_lib.positive_int, default=None,
+                   help='inference: step between sliding windows; default two thirds of '
+                        '--crop-size')
     p.add_argument('--data-dir', default=None,
                    help='input: TFRecord folder with a train split; default a sample dataset')
     p.add_argument('--num-images', type=config_lib.positive_int, default=200,
@@ -145,24 +161,28 @@ def _in_precision(model, precision, tf):
 
 
 def bench_inference(args, tf):
-    """The evaluate path: `MultiScalePredictor` on one [S, S, 3] image, `--batch-size` per step.
+    """The evaluate path: `MultiScalePredictor` on one [H, W, 3] image (S x S unless `--height`,
+    `--width`), whole or in sliding windows, `--batch-size` per step.
 
     With several scales or a flip, each single-scale pass (same flip) is timed in the same rounds,
     and `multiscale_cost_ratio` is the multi-scale step over the sum of the single-scale steps.
     """
-    from libs.evaluation.inference import MultiScalePredictor, aligned_length, scaled_length
+    from libs.evaluation.inference import (MultiScalePredictor, _window_count, aligned_length,
+                                           scaled_length)
     from libs.nets.deeplabv3 import DeepLabV3
     from libs.nets.folding import FoldedDeepLabV3
     from libs.utils.flops import count_flops
 
     model = DeepLabV3(args.num_classes, args.num_layers, args.output_stride, seed=0)
     net = _in_precision(FoldedDeepLabV3(model) if args.fold_bn else model, args.precision, tf)
-    image = tf.random.stateless_uniform([args.input_size, args.input_size, 3], [0, 1], -120., 130.)
+    height, width = args.height or args.input_size, args.width or args.input_size
+    image = tf.random.stateless_uniform([height, width, 3], [0, 1], -120., 130.)
+    windows = dict(window=args.crop_size, stride=args.stride)
     predictors = {'all': MultiScalePredictor(net, args.num_classes, args.output_stride,
-                                             args.scales, args.flip)}
+                                             args.scales, args.flip, **windows)}
     if len(args.scales) > 1 or args.flip:
         predictors.update({scale: MultiScalePredictor(net, args.num_classes, args.output_stride,
-                                                      (scale,), args.flip)
+                                                      (scale,), args.flip, **windows)
                            for scale in args.scales})
 
     def step_of(predictor):
@@ -179,13 +199,26 @@ def bench_inference(args, tf):
     times = _time_steps(steps, args.steps, 0)
 
     network = tf.function(lambda x: net(x, training=False, output_stride=args.output_stride))
-    flops = 0
+    flops, num_windows = 0, 0
+    stride = predictors['all'].stride
     for scale in args.scales:
-        size = aligned_length(scaled_length(args.input_size, scale), args.output_stride)
-        flops += count_flops(network.get_concrete_function(
-            tf.TensorSpec([2 if args.flip else 1, size, size, 3], tf.float32)))
-    extra = {'path': f'MultiScalePredictor(scales={args.scales}, flip={args.flip})'
-                     '.predict_probabilities, one image per call',
+        sides = [scaled_length(length, scale) for length in (height, width)]
+        count = 1
+        if args.crop_size:
+            # Each window (the image's side where it is smaller) runs as a whole image.
+            count = (_window_count(sides[0], min(args.crop_size, sides[0]), stride[0])
+                     * _window_count(sides[1], min(args.crop_size, sides[1]), stride[1]))
+            sides = [min(args.crop_size, side) for side in sides]
+        canvas = [aligned_length(side, args.output_stride) for side in sides]
+        flops += count * count_flops(network.get_concrete_function(
+            tf.TensorSpec([2 if args.flip else 1, *canvas, 3], tf.float32)))
+        num_windows += count
+    windows_phrase = (f'windows of {args.crop_size} every {stride[0]} px' if args.crop_size
+                      else 'whole image')
+    extra = {'path': f'MultiScalePredictor(scales={args.scales}, flip={args.flip}, '
+                     f'{windows_phrase}).predict_probabilities, one image per call',
+             'image_size': [height, width], 'crop_size': args.crop_size,
+             'stride': list(stride) if stride else None, 'windows_per_image': num_windows,
              'fold_bn': args.fold_bn, 'scales': list(args.scales), 'flip': args.flip,
              'trace_count': predictors['all'].trace_count,
              'retraced_while_timing': predictors['all'].trace_count != traced}
@@ -449,6 +482,9 @@ def _report(r):
                      f'{r["multiscale_cost_ratio"]:.3f} ({r["sum_single_scale_seconds"]:.3f} s)')
     for name, seconds in r.get('seconds_by_path', {}).items():
         lines.append(f'  {name}: {seconds:.4f} s')
+    if 'image_size' in r:
+        lines.append(f'  image {r["image_size"][0]} x {r["image_size"][1]}, '
+                     f'{r["windows_per_image"]} network pass(es) per image')
     if 'trace_count' in r:
         lines.append(f'  traced {r["trace_count"]} time(s), retraced while timing: '
                      f'{r["retraced_while_timing"]}')
@@ -457,7 +493,15 @@ def _report(r):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    inference_only = [f'--{name.replace("_", "-")}' for name in ('height', 'width', 'crop_size',
+                                                                  'stride')
+                      if getattr(args, name) is not None]
+    if inference_only and args.mode != 'inference':
+        parser.error(f'{", ".join(inference_only)}: for --mode inference only')
+    if args.stride is not None and args.crop_size is None:
+        parser.error('--stride needs --crop-size (sliding-window inference)')
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     result = run(args)
     print(json.dumps(result) if args.json else _report(result), flush=True)
