@@ -1,8 +1,8 @@
 """Predicting image files: what predict.py does, callable from code.
 
 Each input `<stem>.<ext>` gives `<stem>.png`, the class indices as a palette PNG in the dataset's
-colours at the input's own (upright) size, and optionally `<stem>_overlay.jpg`, the photo tinted with the mask
-and a legend of the classes found.
+colours at the input's own (upright) size, and optionally `<stem>_overlay.jpg`, the photo tinted
+with the mask and a legend of the classes found.
 """
 import os
 import sys
