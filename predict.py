@@ -7,8 +7,9 @@ For each input `<stem>.<ext>` writes `<stem>.png` (class indices as a palette PN
 the run's dataset, at the input's own size) and with --overlay `<stem>_overlay.jpg` (the photo
 tinted with the classes found, with a legend). --input is one file, a folder (not recursive) or a
 quoted glob pattern. EXIF orientation is applied, so outputs are upright, as image viewers show the
-photo. The architecture is read from the run's config.json. An output that would overwrite an input is refused before anything
-is written. An unreadable file is reported and skipped; the exit status is then 1.
+photo. The architecture is read from the run's config.json. An output that would overwrite an
+input is refused before anything is written. An unreadable file is reported and skipped; the exit
+status is then 1.
 """
 import sys
 
