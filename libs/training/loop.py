@@ -1,6 +1,8 @@
 """The one training loop. It runs under the default strategy (train.py), `MirroredStrategy`
 (train_multi_gpu.py) and `ParameterServerStrategy` with a `ClusterCoordinator`
-(train_distributed.py); the scripts only choose the strategy.
+(train_distributed.py); the scripts only choose the strategy. Under the parameter-server
+strategy the chief keeps a queue of steps in flight on the workers (`step_queue.py`), takes their
+results as they complete and validates on a thread (`background_validation.py`).
 
 It restores or initialises the model, runs the step of `step.py` until the global step reaches
 `num_steps`, logs, checkpoints and validates.
@@ -22,7 +24,9 @@ from libs.evaluation.prediction import class_names_of
 from libs.training import summaries
 from libs.training.class_weights import format_class_weights
 from libs.training.schedules import poly_learning_rate
+from libs.training.background_validation import BackgroundValidation
 from libs.training.step import build_optimizer, build_train_step
+from libs.training.step_queue import StepQueue, busy_share
 
 CHECKPOINT_NAME = 'model'
 
@@ -109,10 +113,9 @@ def _crossed(previous, current, every):
     return current // every > previous // every
 
 
-def _next_stop(current, config):
-    """The next step at which the loop logs or checkpoints (or the last step)."""
-    return min((current // config.log_every + 1) * config.log_every,
-               (current // config.save_pred_every + 1) * config.save_pred_every,
+def _next_save(current, config):
+    """The next step at which the loop checkpoints (or the last step)."""
+    return min((current // config.save_pred_every + 1) * config.save_pred_every,
                config.num_steps)
 
 
@@ -208,7 +211,19 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
 
     train_step = build_train_step(model, optimizer, step, strategy, config)
 
-    reporter = summaries.Reporter(config, model, strategy, val_files, train_files, log)
+    queue = validation = None
+    if coordinator is None:
+        reporter = summaries.Reporter(config, model, strategy, val_files, train_files, log)
+    else:
+        # `ParameterServerStrategy.cluster_resolver` is None in TF 2.21; its extended knows.
+        num_workers = strategy.extended._num_workers
+        queue = StepQueue(coordinator, train_step, iterator, step, depth=2 * num_workers)
+        # Built outside the strategy's scope: the copy's variables live on the chief.
+        copy_model = checkpoints.build_model(config)
+        reporter = summaries.Reporter(config, copy_model, tf.distribute.get_strategy(),
+                                      val_files, train_files, log)
+        validation = BackgroundValidation(reporter, copy_model, model)
+        window_results, window_start = [], time.time()
     log(f'Training {config.split_name} ({len(train_files)} shards) on {replicas} replica(s), '
         f'steps {start_step} -> {config.num_steps}, global batch {config.batch_size}')
 
@@ -217,34 +232,38 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
     timer, run_start, finite_step = summaries.StepTimer(), time.time(), start_step
     while current < config.num_steps:
         previous = current
-        if coordinator is not None:
-            # Schedule what is missing up to the next log or checkpoint, then wait for it.
-            target = _next_stop(current, config)
-            limit = tf.constant(target, tf.int64)
-            pending = [coordinator.schedule(train_step, args=(iterator, limit))
-                       for _ in range(target - current)]
-            coordinator.join()
-            results = [(loss, confusion) for loss, confusion, applied
-                       in (r.fetch() for r in pending) if applied]
+        if queue is not None:
+            if queue.idle:
+                queue.aim(current, _next_save(current, config))
+            done = queue.next_results()
+            window_results += done
+            results = [(result.loss, result.confusion, result.step) for result in done]
+            # Counted from the results taken, so that the loop saves once they are all in.
+            current = queue.reached
         else:
-            results = [train_step(iterator)]
-        current = int(step.numpy())
-        for loss, confusion in results:
+            results = [(*train_step(iterator), None)]
+            current = int(step.numpy())
+        for loss, confusion, at in results:
             loss_value = float(loss)
             if not math.isfinite(loss_value):
-                # Asynchronous steps are applied in no fixed order: name the range.
                 raise TrainingDiverged(
-                    f'loss is {loss_value} at {_steps(previous + 1, current)}; stopped without '
-                    f'saving. The last good checkpoint is {manager.latest_checkpoint}')
+                    f'loss is {loss_value} at step {at or current}; stopped without saving. The '
+                    f'last good checkpoint is {manager.latest_checkpoint}')
             confusion_sum += np.asarray(confusion, np.int64)
         timer.count(current - previous)
         if _crossed(previous, current, config.log_every) or current >= config.num_steps:
             images_per_sec = timer.lap(config.batch_size)
+            workers_busy = None
+            if queue is not None:
+                now = time.time()
+                workers_busy = busy_share(window_results, window_start, now, num_workers)
+                window_results, window_start = [], now
             lr = float(poly_learning_rate(current, config.learning_rate, config.num_steps,
                                           config.power))
             eta = (config.num_steps - current) * config.batch_size / max(images_per_sec, 1e-9)
             train_miou = iou_from_confusion(confusion_sum)['miou']
-            reporter.log_progress(current, loss_value, lr, images_per_sec, eta, train_miou)
+            reporter.log_progress(current, loss_value, lr, images_per_sec, eta, train_miou,
+                                  workers_busy)
             confusion_sum[:] = 0
         if _crossed(previous, current, config.save_pred_every) or current >= config.num_steps:
             if not _all_finite(model.variables):
@@ -252,10 +271,19 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
                     f'weights became NaN or Inf at {_steps(finite_step + 1, current)} (they '
                     f'are checked before each save); stopped without saving. The last '
                     f'good checkpoint is {manager.latest_checkpoint}')
-            with timer.paused():
-                manager.save(checkpoint_number=current)
-                val_miou = reporter.checkpoint_saved(current, manager.latest_checkpoint)
+            if queue is None:
+                with timer.paused():
+                    manager.save(checkpoint_number=current)
+                    val_miou = reporter.checkpoint_saved(current, manager.latest_checkpoint)
+            else:
+                with timer.paused():
+                    manager.save(checkpoint_number=current)
+                    validation.start(current, manager.latest_checkpoint)
+                if current < config.num_steps:
+                    queue.aim(current, _next_save(current, config))
             finite_step = current
+    if validation is not None:
+        val_miou = validation.wait()
     log(f'Done: step {current} in {time.time() - run_start:.0f} s, checkpoint '
         f'{manager.latest_checkpoint}')
     return TrainResult(current, manager.latest_checkpoint, loss_value, val_miou)

@@ -77,15 +77,24 @@ class Reporter:
         self.strategy = strategy
         self.image_files = val_files or train_files
 
-    def log_progress(self, step, loss, lr, images_per_sec, eta_seconds, train_miou):
-        """One progress line and the same values in TensorBoard."""
+    def log_progress(self, step, loss, lr, images_per_sec, eta_seconds, train_miou,
+                     workers_busy=None):
+        """One progress line and the same values in TensorBoard.
+
+        Args:
+            workers_busy: parameter-server training: the share of the interval the workers spent
+                running steps, or None.
+        """
+        busy = '' if workers_busy is None else f'  workers busy {workers_busy:.0%}'
         self.log(f'step {step}/{self.config.num_steps}  loss {loss:.4f}  lr {lr:.6f}  '
                  f'{images_per_sec:.2f} img/s  train mIoU {train_miou:.3f}  '
-                 f'ETA {format_eta(eta_seconds)}')
+                 f'ETA {format_eta(eta_seconds)}{busy}')
         with self.writer.as_default(step=step):
             tf.summary.scalar('loss', loss)
             tf.summary.scalar('learning_rate', lr)
             tf.summary.scalar('images_per_sec', images_per_sec)
+            if workers_busy is not None:
+                tf.summary.scalar('workers_busy', workers_busy)
             if np.isfinite(train_miou):
                 tf.summary.scalar('train_miou', train_miou)
         self.writer.flush()

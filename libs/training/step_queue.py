@@ -1,0 +1,140 @@
+"""Parameter-server training without a barrier: a bounded queue of steps kept scheduled on the
+workers, whose results the chief takes as they complete.
+
+The chief of `ParameterServerStrategy` hands steps (closures) to a `ClusterCoordinator`, which
+gives each to the next free worker. A worker whose queue is empty waits, so the chief keeps
+`depth` steps in flight at all times (two per worker, so that a worker finishing one step finds
+the next already waiting) and schedules one more each time it takes a result. Steps are scheduled
+towards a target (the next checkpoint, or the last step): exactly as many as the target is away,
+each guarded by it (see `step.build_train_step`'s `limit`), so the global step stops at the target
+even when the coordinator re-runs the steps of a lost worker. The queue runs dry only at the
+target, where a checkpoint then holds one consistent state: weights, momentum and step counter of
+the same applied updates. (TensorFlow would save the ps variables while workers update them, but
+each variable would then hold another number of updates, and the saved step would match none.)
+"""
+import collections
+import dataclasses
+
+import tensorflow as tf
+
+
+@dataclasses.dataclass
+class StepResult:
+    """One completed step.
+
+    Attributes:
+        loss: the step's loss (float).
+        confusion: int64 [C, C] confusion matrix of its training predictions.
+        step: the global step read on the worker right after its update: the step this update
+            made, or a step or two later when other workers updated in between.
+        start, end: when the worker began and ended it (seconds since the epoch, its own
+            clock), reading its batch included.
+    """
+    loss: float
+    confusion: object
+    step: int
+    start: float
+    end: float
+
+
+def _timed(train_step, global_step):
+    """`train_step(iterator, limit)` that also returns the global step after it and when it began
+    and ended."""
+
+    @tf.function
+    def timed_step(iterator, limit):
+        start = tf.timestamp()
+        with tf.control_dependencies([start]):
+            loss, confusion, applied = train_step(iterator, limit)
+        with tf.control_dependencies([loss, confusion, applied]):
+            end = tf.timestamp()
+            step_after = global_step.read_value()
+        return loss, confusion, applied, step_after, start, end
+
+    return timed_step
+
+
+class StepQueue:
+    """Keeps `depth` training steps in flight on the workers of a `ClusterCoordinator`.
+
+    Args:
+        coordinator: the chief's `ClusterCoordinator`.
+        train_step: from `step.build_train_step`, called with (per-worker iterator, limit).
+        iterator: the per-worker iterator of `coordinator.create_per_worker_dataset`.
+        global_step: the int64 step variable the updates increment.
+        depth: steps in flight at most.
+    """
+
+    def __init__(self, coordinator, train_step, iterator, global_step, depth):
+        self._coordinator = coordinator
+        self._step = _timed(train_step, global_step)
+        self._iterator = iterator
+        self._depth = depth
+        self._pending = collections.deque()
+        self._to_schedule = 0
+        self._limit = None
+        self._global_step = global_step
+        self._start = self._applied = 0
+
+    @property
+    def idle(self):
+        """True when no step is in flight or left to schedule towards the target."""
+        return not self._pending and not self._to_schedule
+
+    def aim(self, current, target):
+        """Schedules the `target - current` steps that take the global step from `current` to
+        `target`, `depth` at a time; call when `idle`."""
+        assert self.idle, 'aim() with steps still in flight'
+        self._to_schedule = max(target - current, 0)
+        self._start, self._applied = current, 0
+        self._limit = tf.constant(target, tf.int64)
+        self._fill()
+
+    def _fill(self):
+        while self._to_schedule and len(self._pending) < self._depth:
+            self._pending.append(self._coordinator.schedule(self._step,
+                                                            args=(self._iterator, self._limit)))
+            self._to_schedule -= 1
+
+    def next_results(self):
+        """Waits for the oldest step in flight, then tops the queue up.
+
+        Returns:
+            [`StepResult`]: the step, or nothing when it was not applied (a step re-run after
+            its target was reached).
+        Raises:
+            Whatever a step raised (`tf.errors.OpError`; `UnavailableError` for a lost ps).
+        """
+        loss, confusion, applied, step, start, end = self._pending.popleft().fetch()
+        self._fill()
+        if not applied:
+            return []
+        self._applied += 1
+        return [StepResult(float(loss), confusion, int(step), float(start), float(end))]
+
+    @property
+    def reached(self):
+        """The global step the results taken so far account for; once `idle`, the global step
+        itself, which is the target (a step the coordinator re-ran for a lost worker may have been
+        applied twice, and a later one then not at all)."""
+        if self.idle:
+            return int(self._global_step.numpy())
+        return self._start + self._applied
+
+
+def busy_share(results, window_start, window_end, num_workers):
+    """The share of a window of wall time that `num_workers` workers spent running steps.
+
+    A worker runs one step at a time, so its steps do not overlap; the share counts the part of
+    each step inside the window. Steps still in flight at the window's end count in the next one
+    (their part before it is lost), so the share errs low by at most a step per worker. Across
+    machines it relies on their clocks agreeing (NTP).
+
+    Args:
+        results: `StepResult`s with `start` and `end` (seconds since the epoch).
+        window_start, window_end: the window (seconds since the epoch, `time.time()`).
+    Returns:
+        float in [0, 1].
+    """
+    busy = sum(max(0.0, min(r.end, window_end) - max(r.start, window_start)) for r in results)
+    return min(busy / max((window_end - window_start) * num_workers, 1e-9), 1.0)
