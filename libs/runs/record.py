@@ -11,9 +11,23 @@ from libs.datasets import description, voc
 from libs.training import class_weights
 
 
+# Recorded values that no flag sets, described by what they come from.
+_DERIVED = {'class_weight_values': 'the class weights (--class-weights {0.class_weights} of the '
+                                   "records' pixel counts)",
+            'class_names': "the records' class names (dataset.json)",
+            'class_colors': "the records' class colours (dataset.json)"}
+
+
+def _describe_change(previous, config, name):
+    if name in _DERIVED:
+        what, verb = _DERIVED[name].format(config), 'were'
+    else:
+        what, verb = f'--{name.replace("_", "-")}', 'was'
+    return f'{what} {verb} {getattr(previous, name)}, now {getattr(config, name)}'
+
+
 def _describe_changes(previous, config, names):
-    return '; '.join(f'--{name.replace("_", "-")} was {getattr(previous, name)}, now '
-                     f'{getattr(config, name)}' for name in names)
+    return '; '.join(_describe_change(previous, config, name) for name in names)
 
 
 def check_snapshot_dir(config):
