@@ -24,6 +24,7 @@ from typing import Dict, Optional
 import numpy as np
 from tqdm import tqdm
 
+import config as config_lib
 from libs.datasets import description, voc
 from libs.datasets.label_files import (VOC_COLOURS, EntryError, class_pixel_counts, encode_label,
                                        read_image, read_label)
@@ -252,8 +253,11 @@ def convert_entries(splits, dataset, mapping, output_dir, num_shards=None, num_w
             mapper(functools.partial(_check, mapping=mapping, num_classes=dataset.num_classes),
                    entries), total=len(entries), desc='validating', unit='img',
             disable=not progress))
-        for c in checked:
-            warnings.extend(c.warnings)
+        entry_warnings = [w for c in checked for w in c.warnings]
+        if entry_warnings:  # one line, however many label files were saved as RGB
+            more = len(entry_warnings) - 1
+            warnings.append(entry_warnings[0] + (f' (and {more} more label files like it)'
+                                                 if more else ''))
         for w in warnings:
             logger.warning('%s', w)
         problems = [p for c in checked for p in c.problems]
@@ -385,6 +389,23 @@ def convert_split(voc_dir, split_name, output_dir, label_dir=None, split_file=No
                            num_shards=num_shards, num_workers=num_workers,
                            skip_invalid=skip_invalid, progress=progress, warnings=warnings,
                            likely_causes=likely_causes)[split_name]
+
+
+def add_script_args(parser, entries='pairs'):
+    """Adds the flags every converter script has: --num-shards, --num-workers, --skip-invalid.
+
+    Args:
+        parser: the script's argparse parser.
+        entries: what --skip-invalid leaves out, for its help, e.g. 'pairs' or 'images'.
+    """
+    parser.add_argument('--num-shards', type=config_lib.positive_int,
+                        help='shards to write (per split); default 4 up to 2000 images, else 10')
+    parser.add_argument('--num-workers', type=config_lib.positive_int,
+                        default=os.cpu_count() or 1,
+                        help='validation/encoding processes (default: all cores)')
+    parser.add_argument('--skip-invalid', action='store_true',
+                        help=f'write the valid {entries} and list the skipped ones, instead of '
+                        'refusing the whole run')
 
 
 def run_for_script(convert, output_dir, skip_hint):

@@ -1,0 +1,53 @@
+"""Converts one ADE20K SceneParsing split to sharded TFRecords of its 150 classes.
+
+Annotation 0 ("other") becomes 255 (ignored) and class k (1..150) becomes k - 1, as in the
+reference DeepLab. Every image/annotation pair is validated before anything is written; a bad
+entry refuses the run (exit status 1, every bad entry listed) unless --skip-invalid is given.
+
+    .venv/bin/python convert_ade20k_to_tfrecord.py --ade20k-dir ADEChallengeData2016 \\
+        --split-name training --output-dir data/ade20k_records
+    .venv/bin/python convert_ade20k_to_tfrecord.py --ade20k-dir ADEChallengeData2016 \\
+        --split-name validation --output-dir data/ade20k_records
+
+--ade20k-dir is ADEChallengeData2016/ (ADEChallengeData2016.zip from
+http://sceneparsing.csail.mit.edu/), holding images/ and annotations/.
+"""
+import sys
+
+import config as config_lib
+from libs.datasets import ade20k, conversion
+from libs.utils.filesystem import one_line_errors
+
+
+def parse_args(argv=None):
+    parser = config_lib.script_parser(__doc__)
+    parser.add_argument('--ade20k-dir', required=True, help='the ADEChallengeData2016 folder')
+    parser.add_argument('--split-name', default='training', choices=sorted(ade20k.SPLIT_SIZES),
+                        help='the split to convert')
+    parser.add_argument('--output-dir', required=True, help='folder for the shards')
+    conversion.add_script_args(parser)
+    args = parser.parse_args(argv)
+    config_lib.check_outputs(parser, args, folders=('output_dir',))
+    return args
+
+
+@one_line_errors
+def main(argv=None):
+    args = parse_args(argv)
+    result, seconds, status = conversion.run_for_script(
+        lambda: ade20k.convert_split(
+            args.ade20k_dir, args.split_name, args.output_dir, num_shards=args.num_shards,
+            num_workers=args.num_workers, skip_invalid=args.skip_invalid),
+        args.output_dir, 'the valid pairs only')
+    if result is None:
+        return status
+    print(f'split {result.split}: {result.num_images} images '
+          f'(ADE20K {result.split} has {ade20k.SPLIT_SIZES[result.split]}), '
+          f'{len(result.shards)} shards written to {result.output_dir}, '
+          f'{len({p.image_id for p in result.skipped})} invalid entries skipped, '
+          f'{len(result.warnings)} warnings, {seconds:.1f} s')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
