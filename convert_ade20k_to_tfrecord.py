@@ -34,19 +34,8 @@ def parse_args(argv=None):
 @one_line_errors
 def main(argv=None):
     args = parse_args(argv)
-    result, seconds, status = conversion.run_for_script(
-        lambda: ade20k.convert_split(
-            args.ade20k_dir, args.split_name, args.output_dir, num_shards=args.num_shards,
-            num_workers=args.num_workers, skip_invalid=args.skip_invalid),
-        args.output_dir, 'the valid pairs only')
-    if result is None:
-        return status
-    print(f'split {result.split}: {result.num_images} images '
-          f'(ADE20K {result.split} has {ade20k.SPLIT_SIZES[result.split]}), '
-          f'{len(result.shards)} shards written to {result.output_dir}, '
-          f'{len({p.image_id for p in result.skipped})} invalid entries skipped, '
-          f'{len(result.warnings)} warnings, {seconds:.1f} s')
-    return 0
+    return conversion.run_split_script(ade20k.convert_split, args.ade20k_dir, args, 'ADE20K',
+                                       ade20k.SPLIT_SIZES)
 
 
 if __name__ == '__main__':

@@ -38,20 +38,10 @@ def parse_args(argv=None):
 @one_line_errors
 def main(argv=None):
     args = parse_args(argv)
-    result, seconds, status = conversion.run_for_script(
-        lambda: cityscapes.convert_split(
-            args.cityscapes_dir, args.split_name, args.output_dir, num_shards=args.num_shards,
-            num_workers=args.num_workers, skip_invalid=args.skip_invalid),
-        args.output_dir, 'the valid pairs only')
-    if result is None:
-        return status
-    print(f'split {result.split}: {result.num_images} images '
-          f'(Cityscapes {result.split} has {cityscapes.SPLIT_SIZES[result.split]}'
-          f'{", unlabelled" if result.split in cityscapes.UNLABELLED_SPLITS else ""}), '
-          f'{len(result.shards)} shards written to {result.output_dir}, '
-          f'{len({p.image_id for p in result.skipped})} invalid entries skipped, '
-          f'{len(result.warnings)} warnings, {seconds:.1f} s')
-    return 0
+    unlabelled = args.split_name in cityscapes.UNLABELLED_SPLITS
+    return conversion.run_split_script(cityscapes.convert_split, args.cityscapes_dir, args,
+                                       'Cityscapes', cityscapes.SPLIT_SIZES,
+                                       ', unlabelled' if unlabelled else '')
 
 
 if __name__ == '__main__':

@@ -101,12 +101,8 @@ def main(argv=None):
     if done is None:
         return status
     for result in done.splits.values():
-        print(f'split {result.split}: {result.num_images} images, {len(result.shards)} shards '
-              f'written to {result.output_dir}, '
-              f'{len({p.image_id for p in result.skipped})} invalid entries skipped')
-    warnings = next(iter(done.splits.values())).warnings
-    print(f'{len(done.unmatched)} unmatched or unlisted files left out, {len(warnings)} '
-          f'warnings, {seconds:.1f} s')
+        print(conversion.summary_line(result, None))
+    print(f'{len(done.unmatched)} unmatched or unlisted files left out, {seconds:.1f} s')
     return 0
 
 

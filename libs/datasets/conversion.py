@@ -408,6 +408,44 @@ def add_script_args(parser, entries='pairs'):
                         'refusing the whole run')
 
 
+def summary_line(result, seconds, known=''):
+    """The line a converter script prints for a split written, e.g. 'split val: 500 images
+    (Cityscapes val has 500), 2 shards written to DIR, 0 invalid entries skipped, ...'.
+
+    Args:
+        result: a `ConversionResult`.
+        seconds: the time taken, or None to leave it out.
+        known: what the split should hold, put in parentheses after the count, or ''.
+    """
+    return (f'split {result.split}: {result.num_images} images{f" ({known})" if known else ""}, '
+            f'{len(result.shards)} shards written to {result.output_dir}, '
+            f'{len({p.image_id for p in result.skipped})} invalid entries skipped, '
+            f'{len(result.warnings)} warnings' + ('' if seconds is None else f', {seconds:.1f} s'))
+
+
+def run_split_script(convert_split, dataset_dir, args, dataset_title, split_sizes, note=''):
+    """The `main` of a script that converts one split of a dataset's own layout (Cityscapes,
+    ADE20K): runs `convert_split(dataset_dir, args.split_name, args.output_dir, ...)` with the
+    `add_script_args` flags and prints `summary_line`.
+
+    Args:
+        note: appended to the expected count, e.g. ', unlabelled'.
+
+    Returns:
+        The exit status (see `run_for_script`).
+    """
+    result, seconds, status = run_for_script(
+        lambda: convert_split(dataset_dir, args.split_name, args.output_dir,
+                              num_shards=args.num_shards, num_workers=args.num_workers,
+                              skip_invalid=args.skip_invalid),
+        args.output_dir, 'the valid pairs only')
+    if result is None:
+        return status
+    print(summary_line(result, seconds, f'{dataset_title} {result.split} has '
+                                        f'{split_sizes[result.split]}{note}'))
+    return 0
+
+
 def run_for_script(convert, output_dir, skip_hint):
     """Runs a converter script's `convert()`, turning refusals into one message on stderr.
 
