@@ -1,8 +1,8 @@
 """Any folder of images and masks -> records: the user's own dataset.
 
     images/<stem>.jpg|.jpeg|.png     the photos
-    masks/<stem>.png                 class indices: a palette (P) or greyscale (L) PNG, 255 = ignore;
-                                     or RGB colours of the class list (mapped back, with a warning)
+    masks/<stem>.png                 class indices: a palette (P) or greyscale (L) PNG,
+                                     255 = ignore; or RGB colours of the class list (mapped back, with a warning)
     classes.txt                      one class a line, in index order: `name`, `name r,g,b` or
                                      `name #rrggbb` (colours for all classes or for none)
 

@@ -2,7 +2,8 @@
 
 Labels are read as the values they store: palette ('P') and greyscale ('L') PNGs as they are; a
 label saved as RGB colours is mapped back through a table of colours (the VOC palette by default,
-a folder dataset's class colours) with a warning, or refused when it holds other colours. SBD's `cls/*.mat` files (struct `GTcls.Segmentation`, from
+a folder dataset's class colours) with a warning, or refused when it holds other colours. SBD's
+`cls/*.mat` files (struct `GTcls.Segmentation`, from
 http://home.bharathh.info/pubs/codes/SBD/download.html) are read when no `.png` of that id exists;
 `SegmentationClassAug` is the commonly distributed PNG conversion of the same labels.
 Records store labels as greyscale PNGs (see `tfrecord`).
