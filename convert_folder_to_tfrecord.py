@@ -58,7 +58,7 @@ def split_ratio(text):
         except ValueError as e:
             raise argparse.ArgumentTypeError(
                 f'{text!r}: {e if sep else "expected NAME=FRACTION,..."}') from None
-    if any(v <= 0 for v in ratios.values()) or abs(sum(ratios.values()) - 1) > 1e-6:
+    if not all(0 < v <= 1 for v in ratios.values()) or not abs(sum(ratios.values()) - 1) <= 1e-6:
         raise argparse.ArgumentTypeError(f'{text!r}: fractions must be positive and sum to 1')
     return ratios
 

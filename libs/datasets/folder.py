@@ -2,7 +2,8 @@
 
     images/<stem>.jpg|.jpeg|.png     the photos
     masks/<stem>.png                 class indices: a palette (P) or greyscale (L) PNG,
-                                     255 = ignore; or RGB colours of the class list (mapped back, with a warning)
+                                     255 = ignore; or RGB colours of the class list (mapped
+                                     back, with a warning)
     classes.txt                      one class a line, in index order: `name`, `name r,g,b` or
                                      `name #rrggbb` (colours for all classes or for none)
 
@@ -167,7 +168,7 @@ def split_by_ratio(stems, ratios, seed):
         ValueError: fractions not positive or not summing to 1, or a split left empty.
     """
     fractions = np.asarray(list(ratios.values()), float)
-    if (fractions <= 0).any() or abs(fractions.sum() - 1) > 1e-6:
+    if not ((fractions > 0) & (fractions <= 1)).all() or not abs(fractions.sum() - 1) <= 1e-6:
         raise ValueError(f'split ratios {ratios} must be positive and sum to 1')
     order = [sorted(stems)[i] for i in np.random.default_rng(seed).permutation(len(stems))]
     bounds = np.round(np.concatenate([[0], np.cumsum(fractions)]) * len(stems)).astype(int)
