@@ -24,11 +24,8 @@ def parse_args(argv=None):
     parser.add_argument('--ade20k-dir', required=True, help='the ADEChallengeData2016 folder')
     parser.add_argument('--split-name', default='training', choices=sorted(ade20k.SPLIT_SIZES),
                         help='the split to convert')
-    parser.add_argument('--output-dir', required=True, help='folder for the shards')
     conversion.add_script_args(parser)
-    args = parser.parse_args(argv)
-    config_lib.check_outputs(parser, args, folders=('output_dir',))
-    return args
+    return conversion.parse_script_args(parser, argv)
 
 
 @one_line_errors

@@ -28,11 +28,8 @@ def parse_args(argv=None):
                         help='the folder holding leftImg8bit/ and gtFine/')
     parser.add_argument('--split-name', default='train', choices=sorted(cityscapes.SPLIT_SIZES),
                         help='the split to convert (test: unlabelled, for prediction only)')
-    parser.add_argument('--output-dir', required=True, help='folder for the shards')
     conversion.add_script_args(parser)
-    args = parser.parse_args(argv)
-    config_lib.check_outputs(parser, args, folders=('output_dir',))
-    return args
+    return conversion.parse_script_args(parser, argv)
 
 
 @one_line_errors

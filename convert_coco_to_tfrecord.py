@@ -27,15 +27,12 @@ def parse_args(argv=None):
                         help="the images folder the JSON's file_names are in, e.g. train2017")
     parser.add_argument('--split-name', default='coco_train',
                         help='names the shards (and train.py --split-name)')
-    parser.add_argument('--output-dir', required=True, help='folder for the shards')
     parser.add_argument('--min-voc-pixels', type=config_lib.non_negative_int,
                         default=coco.DEFAULT_MIN_VOC_PIXELS,
                         help="keep images with at least this many VOC-class pixels (the paper's "
                         '1000-pixel threshold); 0 keeps all')
     conversion.add_script_args(parser, entries='images')
-    args = parser.parse_args(argv)
-    config_lib.check_outputs(parser, args, folders=('output_dir',))
-    return args
+    return conversion.parse_script_args(parser, argv)
 
 
 @one_line_errors

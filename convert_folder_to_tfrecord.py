@@ -69,7 +69,6 @@ def parse_args(argv=None):
     parser.add_argument('--mask-dir', required=True, help='folder of the masks (.png)')
     parser.add_argument('--classes', required=True,
                         help='class list: one `name [r,g,b | #rrggbb]` a line, in index order')
-    parser.add_argument('--output-dir', required=True, help='folder for the shards')
     splits = parser.add_mutually_exclusive_group()
     splits.add_argument('--split-list', type=split_list, action='append', metavar='NAME=FILE',
                         help='a split and its file of stems (repeat for each split)')
@@ -80,10 +79,9 @@ def parse_args(argv=None):
     parser.add_argument('--dataset-name', default='custom',
                         help="the dataset's name in dataset.json (and the runs)")
     conversion.add_script_args(parser)
-    args = parser.parse_args(argv)
+    args = conversion.parse_script_args(parser, argv)
     if args.split_list and len(dict(args.split_list)) != len(args.split_list):
         parser.error('--split-list names a split twice')
-    config_lib.check_outputs(parser, args, folders=('output_dir',))
     return args
 
 

@@ -27,7 +27,6 @@ def parse_args(argv=None):
     parser.add_argument('--voc-dir', required=True, help='the VOCdevkit/VOC2012 folder')
     parser.add_argument('--split-name', default='train', choices=sorted(voc.SPLIT_SIZES),
                         help='the split to convert')
-    parser.add_argument('--output-dir', required=True, help='folder for the shards')
     parser.add_argument('--label-dir', help='class labels (.png, or SBD cls .mat); default '
                         '<voc-dir>/SegmentationClass, or <voc-dir>/SegmentationClassAug for '
                         'train_aug')
@@ -36,9 +35,7 @@ def parse_args(argv=None):
     conversion.add_script_args(parser)
     parser.add_argument('--num-classes', type=config_lib.class_count, default=voc.NUM_CLASSES,
                         help='labels may hold 0..num-classes-1 and 255')
-    args = parser.parse_args(argv)
-    config_lib.check_outputs(parser, args, folders=('output_dir',))
-    return args
+    return conversion.parse_script_args(parser, argv)
 
 
 @one_line_errors

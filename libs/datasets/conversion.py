@@ -392,12 +392,14 @@ def convert_split(voc_dir, split_name, output_dir, label_dir=None, split_file=No
 
 
 def add_script_args(parser, entries='pairs'):
-    """Adds the flags every converter script has: --num-shards, --num-workers, --skip-invalid.
+    """Adds the flags every converter script has: --output-dir, --num-shards, --num-workers,
+    --skip-invalid.
 
     Args:
         parser: the script's argparse parser.
         entries: what --skip-invalid leaves out, for its help, e.g. 'pairs' or 'images'.
     """
+    parser.add_argument('--output-dir', required=True, help='folder for the shards')
     parser.add_argument('--num-shards', type=config_lib.positive_int,
                         help='shards to write (per split); default 4 up to 2000 images, else 10')
     parser.add_argument('--num-workers', type=config_lib.positive_int,
@@ -406,6 +408,14 @@ def add_script_args(parser, entries='pairs'):
     parser.add_argument('--skip-invalid', action='store_true',
                         help=f'write the valid {entries} and list the skipped ones, instead of '
                         'refusing the whole run')
+
+
+def parse_script_args(parser, argv):
+    """Parses a converter script's flags and checks that --output-dir can be written (argparse's
+    one-line error otherwise)."""
+    args = parser.parse_args(argv)
+    config_lib.check_outputs(parser, args, folders=('output_dir',))
+    return args
 
 
 def summary_line(result, seconds, known=''):
