@@ -12,7 +12,6 @@ every bad image listed) unless --skip-invalid is given.
         --image-dir coco/train2017 --split-name coco_train --output-dir data/records
     .venv/bin/python train.py --data-dir data/records --split-name coco_train ...
 """
-import os
 import sys
 
 import config as config_lib
@@ -28,22 +27,12 @@ def parse_args(argv=None):
                         help="the images folder the JSON's file_names are in, e.g. train2017")
     parser.add_argument('--split-name', default='coco_train',
                         help='names the shards (and train.py --split-name)')
-    parser.add_argument('--output-dir', required=True, help='folder for the shards')
     parser.add_argument('--min-voc-pixels', type=config_lib.non_negative_int,
                         default=coco.DEFAULT_MIN_VOC_PIXELS,
                         help="keep images with at least this many VOC-class pixels (the paper's "
                         '1000-pixel threshold); 0 keeps all')
-    parser.add_argument('--num-shards', type=config_lib.positive_int,
-                        help='shards to write; default 4 up to 2000 images, else 10')
-    parser.add_argument('--num-workers', type=config_lib.positive_int,
-                        default=os.cpu_count() or 1,
-                        help='validation/encoding processes (default: all cores)')
-    parser.add_argument('--skip-invalid', action='store_true',
-                        help='write the valid images and list the skipped ones, instead of '
-                        'refusing the whole run')
-    args = parser.parse_args(argv)
-    config_lib.check_outputs(parser, args, folders=('output_dir',))
-    return args
+    conversion.add_script_args(parser, entries='images')
+    return conversion.parse_script_args(parser, argv)
 
 
 @one_line_errors

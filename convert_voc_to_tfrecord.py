@@ -15,7 +15,6 @@ removes them, saying so. Two conversions of one split into one folder at once: t
 train_aug labels come from SBD (http://home.bharathh.info/pubs/codes/SBD/download.html):
 either the commonly distributed PNG conversion `SegmentationClassAug` or SBD's own `cls/*.mat`.
 """
-import os
 import sys
 
 import config as config_lib
@@ -28,25 +27,15 @@ def parse_args(argv=None):
     parser.add_argument('--voc-dir', required=True, help='the VOCdevkit/VOC2012 folder')
     parser.add_argument('--split-name', default='train', choices=sorted(voc.SPLIT_SIZES),
                         help='the split to convert')
-    parser.add_argument('--output-dir', required=True, help='folder for the shards')
     parser.add_argument('--label-dir', help='class labels (.png, or SBD cls .mat); default '
                         '<voc-dir>/SegmentationClass, or <voc-dir>/SegmentationClassAug for '
                         'train_aug')
     parser.add_argument('--split-file', help='one id a line; default <voc-dir>/ImageSets/'
                         'Segmentation/<split>.txt, or the shipped list for train_aug')
-    parser.add_argument('--num-shards', type=config_lib.positive_int,
-                        help='shards to write; default 4 up to 2000 images, else 10')
-    parser.add_argument('--num-workers', type=config_lib.positive_int,
-                        default=os.cpu_count() or 1,
-                        help='validation/encoding processes (default: all cores)')
-    parser.add_argument('--skip-invalid', action='store_true',
-                        help='write the valid pairs and list the skipped ones, instead of '
-                        'refusing the whole split')
+    conversion.add_script_args(parser)
     parser.add_argument('--num-classes', type=config_lib.class_count, default=voc.NUM_CLASSES,
                         help='labels may hold 0..num-classes-1 and 255')
-    args = parser.parse_args(argv)
-    config_lib.check_outputs(parser, args, folders=('output_dir',))
-    return args
+    return conversion.parse_script_args(parser, argv)
 
 
 @one_line_errors
@@ -61,12 +50,8 @@ def main(argv=None):
         args.output_dir, 'the valid pairs only')
     if result is None:
         return status
-    print(f'split {result.split}: {result.num_images} images '
-          f'(VOC 2012 {result.split} has {voc.SPLIT_SIZES[result.split]}), '
-          f'{len(result.shards)} shards written to {result.output_dir}, '
-          f'{len({p.image_id for p in result.skipped})} invalid entries skipped, '
-          f'{len(result.warnings)} warnings, '
-          f'{seconds:.1f} s')
+    print(conversion.summary_line(
+        result, seconds, f'VOC 2012 {result.split} has {voc.SPLIT_SIZES[result.split]}'))
     return 0
 
 

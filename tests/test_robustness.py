@@ -23,7 +23,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONUNBUFFERED='1')
 SCRIPTS = ('train.py', 'train_multi_gpu.py', 'train_distributed.py', 'evaluate.py', 'predict.py',
            'export.py', 'benchmark.py', 'convert_voc_to_tfrecord.py',
-           'convert_coco_to_tfrecord.py', 'launch_local_cluster.py', 'make_sample_dataset.py')
+           'convert_coco_to_tfrecord.py', 'convert_cityscapes_to_tfrecord.py',
+           'convert_ade20k_to_tfrecord.py', 'convert_folder_to_tfrecord.py',
+           'launch_local_cluster.py', 'make_sample_dataset.py')
 
 
 def run_script(*args, timeout=120, env=ENV):
@@ -134,6 +136,11 @@ BAD_FLAGS = [
     ('launch_local_cluster.py', ['--num-workers', '0'], '--num-workers'),
     ('launch_local_cluster.py', ['--', '--batch-size', '0'], '--batch-size'),
     ('make_sample_dataset.py', ['--output-dir', 'o', '--num-train', '0'], '--num-train'),
+    ('convert_cityscapes_to_tfrecord.py', ['--cityscapes-dir', 'c', '--output-dir', 'o',
+                                           '--num-shards', '0'], '--num-shards'),
+    ('convert_folder_to_tfrecord.py', ['--image-dir', 'i', '--mask-dir', 'm', '--classes', 'c',
+                                       '--output-dir', 'o', '--split-ratio', 'train=nan'],
+     '--split-ratio'),
 ]
 
 

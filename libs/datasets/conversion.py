@@ -1,26 +1,33 @@
-"""VOC 2012 split (JPEGImages + class labels + split list) -> sharded TFRecords.
+"""A split (images and label files) -> sharded TFRecords; the VOC 2012 split conversion.
 
-Two passes over the split:
-1. validate every (image, label) pair by fully decoding both, in worker processes; any bad
-   entry refuses the whole run before anything is written (or, with `skip_invalid`, is left out);
+Every converter (VOC here, Cityscapes, ADE20K, a folder of masks) hands `convert_entries` its
+entries, (image id, image path, label path), and a `LabelMapping` from the values its label files
+store to class indices. Two passes:
+1. validate every entry by fully decoding the image and the label and mapping the label, in
+   worker processes; any bad entry refuses the whole run before anything is written (or, with
+   `skip_invalid`, is left out);
 2. encode and write the shards under temporary names, renamed only once all are complete, so an
-   error or Ctrl-C never leaves a partial shard set behind (`shards.write_shards`).
+   error or Ctrl-C never leaves a partial shard set behind (`shards.write_shards`), and record
+   each split in the folder's `dataset.json`.
 
 Images and labels are read and checked by `label_files`.
 """
 import collections
 import dataclasses
+import functools
 import logging
 import os
 import sys
 import time
+from typing import Dict, Optional
 
 import numpy as np
 from tqdm import tqdm
 
+import config as config_lib
 from libs.datasets import description, voc
-from libs.datasets.label_files import (EntryError, class_pixel_counts, encode_label, read_image,
-                                       read_label)
+from libs.datasets.label_files import (VOC_COLOURS, EntryError, class_pixel_counts, encode_label,
+                                       read_image, read_label)
 from libs.datasets.shards import default_num_shards, worker_map, write_shards
 from libs.runs import lock
 from libs.utils import messages
@@ -28,6 +35,9 @@ from libs.utils import messages
 logger = logging.getLogger(__name__)
 
 AUG_LABEL_DIR = 'SegmentationClassAug'
+MISSING_LABEL = 'missing label'
+MISSING_IMAGE = 'missing image'
+VALUES_OUTSIDE = 'label values outside'
 
 
 class ConversionError(ValueError):
@@ -49,11 +59,56 @@ class Problem:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Checked:
-    """What validation learnt about one entry."""
+class Entry:
+    """One image and its label file (which may be missing: validation says so)."""
     image_id: str
     image_path: str
     label_path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelMapping:
+    """How the values a dataset's label files store become class indices (or the ignore label).
+
+    Attributes:
+        lookup: 256 ints, stored value -> class index or ignore label; -1 where the value is
+            refused.
+        accepted: the values accepted, for messages, e.g. '0..20 and 255'.
+        colour_values: {(r, g, b): stored value} that maps RGB labels back; None refuses them.
+        colours_name: what those colours are, for messages, e.g. 'VOC palette'.
+    """
+    lookup: tuple
+    accepted: str
+    colour_values: Optional[Dict] = None
+    colours_name: str = ''
+
+    @classmethod
+    def identity(cls, num_classes, ignore_label=voc.IGNORE_LABEL, colour_values=None,
+                 colours_name=''):
+        """Labels that store class indices 0..num_classes-1 and the ignore label."""
+        lookup = [i if i < num_classes or i == ignore_label else -1 for i in range(256)]
+        return cls(tuple(lookup), f'0..{num_classes - 1} and {ignore_label}', colour_values,
+                   colours_name)
+
+    def read(self, path):
+        """(uint8 [H, W] class indices of a label file, a warning or None).
+
+        Raises:
+            EntryError: the file cannot be decoded, or holds values the mapping refuses (named).
+        """
+        stored, warning = read_label(path, self.colour_values, self.colours_name)
+        lookup = np.asarray(self.lookup, np.int16)
+        values = np.unique(stored)
+        bad = values[lookup[values] < 0].tolist()
+        if bad:
+            raise EntryError(f'{VALUES_OUTSIDE} {self.accepted}: {bad[:messages.MAX_LISTED]}')
+        return lookup.astype(np.uint8)[stored], warning
+
+
+@dataclasses.dataclass(frozen=True)
+class _Checked:
+    """What validation learnt about one entry."""
+    entry: Entry
     image_format: str
     height: int
     width: int
@@ -72,77 +127,50 @@ class ConversionResult:
     warnings: list = dataclasses.field(default_factory=list)
 
 
-def default_label_dir(voc_dir, split_name):
-    """`SegmentationClassAug` for train_aug (most of its ids have no VOC label), else
-    `SegmentationClass`."""
-    return os.path.join(voc_dir, AUG_LABEL_DIR if split_name == 'train_aug' else voc.LABEL_DIR)
-
-
-def default_split_file(voc_dir, split_name):
-    """The shipped list for train_aug (VOC does not ship one), else VOC's own list."""
-    if split_name == 'train_aug':
-        return voc.shipped_split_path('train_aug')
-    return os.path.join(voc_dir, voc.SPLIT_DIR, f'{split_name}.txt')
-
-
-def _label_path(label_dir, image_id):
-    """The `.png` label, else SBD's `.mat`, else None."""
-    png = os.path.join(label_dir, f'{image_id}.png')
-    mat = os.path.join(label_dir, f'{image_id}.mat')
-    if os.path.isfile(png):
-        return png
-    return mat if os.path.isfile(mat) else None
-
-
-def _check(entry):
-    """Validates one (image_id, image_path, label_dir, num_classes) entry -> _Checked."""
-    image_id, image_path, label_dir, num_classes = entry
+def _check(entry, mapping, num_classes):
+    """Validates one `Entry` -> _Checked (run in worker processes). `mapping` None: the split
+    is unlabelled and its label files are not read."""
     problems, warnings = [], []
-    fmt, size, class_pixels = None, None, ()
-    if not os.path.isfile(image_path):
-        problems.append(Problem(image_id, image_path, 'missing image'))
+    fmt, size, class_pixels = None, None, (0,) * num_classes
+    if not os.path.isfile(entry.image_path):
+        problems.append(Problem(entry.image_id, entry.image_path, MISSING_IMAGE))
     else:
         try:
-            fmt, size = read_image(image_path)
+            fmt, size = read_image(entry.image_path)
         except EntryError as e:
-            problems.append(Problem(image_id, image_path, str(e)))
-    label_path = _label_path(label_dir, image_id)
-    if label_path is None:
-        problems.append(Problem(image_id, os.path.join(label_dir, f'{image_id}.png'),
-                                'missing label'))
-    else:
+            problems.append(Problem(entry.image_id, entry.image_path, str(e)))
+    if mapping is not None and not os.path.isfile(entry.label_path):
+        problems.append(Problem(entry.image_id, entry.label_path, MISSING_LABEL))
+    elif mapping is not None:
         try:
-            label, warning = read_label(label_path)
+            label, warning = mapping.read(entry.label_path)
         except EntryError as e:
-            problems.append(Problem(image_id, label_path, str(e)))
+            problems.append(Problem(entry.image_id, entry.label_path, str(e)))
         else:
             if warning:
                 warnings.append(warning)
             label_size = (label.shape[1], label.shape[0])
             if size is not None and label_size != size:
                 problems.append(Problem(
-                    image_id, label_path, f'size mismatch: label {label_size[0]}x{label_size[1]}'
-                    f', image {size[0]}x{size[1]} ({image_path})'))
-            values = np.unique(label)
-            bad = values[(values >= num_classes) & (values != voc.IGNORE_LABEL)].tolist()
-            if bad:
-                problems.append(Problem(
-                    image_id, label_path, f'label values outside 0..{num_classes - 1} and '
-                    f'{voc.IGNORE_LABEL}: {bad[:messages.MAX_LISTED]}'))
-            else:
-                class_pixels = class_pixel_counts(label, num_classes)
+                    entry.image_id, entry.label_path,
+                    f'size mismatch: label {label_size[0]}x{label_size[1]}, image '
+                    f'{size[0]}x{size[1]} ({entry.image_path})'))
+            class_pixels = class_pixel_counts(label, num_classes)
     width, height = size if size is not None else (0, 0)
-    return _Checked(image_id, image_path, label_path, fmt, height, width, tuple(problems),
-                    tuple(warnings), class_pixels)
+    return _Checked(entry, fmt, height, width, tuple(problems), tuple(warnings), class_pixels)
 
 
-def _encode(checked):
-    """_Checked -> the arguments of `tfrecord.make_example`, for writing."""
-    with open(checked.image_path, 'rb') as f:
+def _encode(checked, mapping):
+    """_Checked -> the arguments of `tfrecord.make_example`, for writing. An unlabelled entry
+    (`mapping` None) gets a label of the ignore label only, as the schema needs one."""
+    with open(checked.entry.image_path, 'rb') as f:
         image_bytes = f.read()
-    label, _ = read_label(checked.label_path)
-    return (image_bytes, checked.image_format, checked.image_id, checked.height, checked.width,
-            encode_label(label))
+    if mapping is None:
+        label = np.full((checked.height, checked.width), voc.IGNORE_LABEL, np.uint8)
+    else:
+        label, _ = mapping.read(checked.entry.label_path)
+    return (image_bytes, checked.image_format, checked.entry.image_id, checked.height,
+            checked.width, encode_label(label))
 
 
 def _cause(reason):
@@ -165,22 +193,134 @@ def describe_problems(header, problems, likely_cause=None):
     return '\n'.join(lines + [messages.listing(problems)])
 
 
-def _refusal(split_name, problems, num_entries, label_dir, image_dir):
+def _refusal(split_names, problems, num_entries, likely_causes):
     bad_ids = {p.image_id for p in problems}
     counts = collections.Counter(_cause(p.reason) for p in problems)
     likely_cause = None
-    if counts['missing label'] == num_entries:
-        likely_cause = (f'no label of this split is in {label_dir}: is it the right label folder '
-                        '(--label-dir)?')
-    elif counts['missing image'] == num_entries:
-        likely_cause = (f'no image of this split is in {image_dir}: is --voc-dir the VOC2012 '
-                        'folder?')
-    elif counts['label values outside 0..'] * 2 > len(bad_ids):
-        likely_cause = ('most labels hold classes beyond --num-classes: do the labels have more '
-                        'classes than that?')
+    if counts[MISSING_LABEL] == num_entries:
+        likely_cause = likely_causes.get(MISSING_LABEL)
+    elif counts[MISSING_IMAGE] == num_entries:
+        likely_cause = likely_causes.get(MISSING_IMAGE)
+    elif sum(n for cause, n in counts.items() if cause.startswith(VALUES_OUTSIDE)) * 2 \
+            > len(bad_ids):
+        likely_cause = likely_causes.get(VALUES_OUTSIDE)
+    what = (f'split {split_names[0]!r}' if len(split_names) == 1 else
+            'splits ' + ', '.join(repr(name) for name in split_names))
     return describe_problems(
-        f'refusing to convert split {split_name!r}: {len(bad_ids)} of {num_entries} entries are '
-        'invalid; nothing was written', problems, likely_cause)
+        f'refusing to convert {what}: {len(bad_ids)} of {num_entries} entries are invalid; '
+        'nothing was written', problems, likely_cause)
+
+
+def convert_entries(splits, dataset, mapping, output_dir, num_shards=None, num_workers=None,
+                    skip_invalid=False, progress=True, warnings=(), likely_causes=None):
+    """Validates the entries of one or more splits, then writes each as
+    `{split}-%05d-of-%05d.tfrecord` shards and records it in `dataset.json`.
+
+    Every split is validated before any is written, so a bad entry anywhere refuses them all.
+
+    Args:
+        splits: {split name: [`Entry`]}, each list without repeated image ids.
+        dataset: the `DatasetDescription` of the classes.
+        mapping: the `LabelMapping` of the label files, or None for unlabelled splits (labels
+            not read; records get labels of the ignore label only, and `dataset.json` marks the
+            splits unlabelled).
+        output_dir: where the shards go; created only when there is something to write.
+        num_shards: per split; default `default_num_shards(its images)`; at most its images.
+        num_workers: validation/encoding processes; default os.cpu_count().
+        skip_invalid: leave bad entries out (listed in the results) instead of refusing.
+        progress: show tqdm progress bars on stderr.
+        warnings: warnings found by the caller, logged and returned with the rest.
+        likely_causes: {MISSING_LABEL | MISSING_IMAGE | VALUES_OUTSIDE: a line saying what
+            probably went wrong}, shown when every entry misses its label (its image) or when
+            most bad entries hold values outside the mapping.
+
+    Returns:
+        {split name: `ConversionResult`}.
+
+    Raises:
+        ConversionError: some entry is invalid (and not `skip_invalid`), or a split has no
+            valid entry. Nothing is written.
+    """
+    if num_shards is not None and num_shards < 1:
+        raise ValueError(f'num_shards must be at least 1, got {num_shards}')
+    description.check_can_record(dataset, output_dir)
+    entries = [entry for split_entries in splits.values() for entry in split_entries]
+    warnings = list(warnings)
+    num_workers = num_workers or os.cpu_count() or 1
+    results = {}
+    with worker_map(num_workers, len(entries)) as mapper:
+        checked = list(tqdm(
+            mapper(functools.partial(_check, mapping=mapping, num_classes=dataset.num_classes),
+                   entries), total=len(entries), desc='validating', unit='img',
+            disable=not progress))
+        entry_warnings = [w for c in checked for w in c.warnings]
+        if entry_warnings:  # one line, however many label files were saved as RGB
+            more = len(entry_warnings) - 1
+            warnings.append(entry_warnings[0] + (f' (and {more} more label files like it)'
+                                                 if more else ''))
+        for w in warnings:
+            logger.warning('%s', w)
+        problems = [p for c in checked for p in c.problems]
+        if problems and not skip_invalid:
+            raise ConversionError(_refusal(list(splits), problems, len(entries),
+                                           likely_causes or {}), problems)
+        if problems:
+            logger.warning('skipped %d invalid entries:\n%s',
+                           sum(1 for c in checked if c.problems), messages.listing(problems))
+        valid = {}
+        start = 0
+        for split_name, split_entries in splits.items():
+            split_checked = checked[start:start + len(split_entries)]
+            start += len(split_entries)
+            valid[split_name] = [c for c in split_checked if not c.problems]
+            if not valid[split_name]:
+                raise ConversionError(f'no valid entry in split {split_name!r}; nothing was '
+                                      'written', problems)
+        for split_name, split_valid in valid.items():
+            split_shards = min(num_shards or default_num_shards(len(split_valid)),
+                               len(split_valid))
+            shards = write_shards(split_valid, functools.partial(_encode, mapping=mapping),
+                                  output_dir, split_name, split_shards, mapper, progress)
+            description.record_split(dataset, output_dir, split_name, len(split_valid),
+                                     np.sum([c.class_pixels for c in split_valid], axis=0),
+                                     shards, labelled=mapping is not None)
+            split_ids = {e.image_id for e in splits[split_name]}
+            results[split_name] = ConversionResult(
+                split_name, len(split_valid), shards, output_dir,
+                [p for p in problems if p.image_id in split_ids], warnings)
+    return results
+
+
+def default_label_dir(voc_dir, split_name):
+    """`SegmentationClassAug` for train_aug (most of its ids have no VOC label), else
+    `SegmentationClass`."""
+    return os.path.join(voc_dir, AUG_LABEL_DIR if split_name == 'train_aug' else voc.LABEL_DIR)
+
+
+def default_split_file(voc_dir, split_name):
+    """The shipped list for train_aug (VOC does not ship one), else VOC's own list."""
+    if split_name == 'train_aug':
+        return voc.shipped_split_path('train_aug')
+    return os.path.join(voc_dir, voc.SPLIT_DIR, f'{split_name}.txt')
+
+
+def _label_path(label_dir, image_id):
+    """The `.png` label, else SBD's `.mat` when there is one (else the `.png`, missing)."""
+    png = os.path.join(label_dir, f'{image_id}.png')
+    mat = os.path.join(label_dir, f'{image_id}.mat')
+    return mat if not os.path.isfile(png) and os.path.isfile(mat) else png
+
+
+def refuse_repeated(ids, where):
+    """Refuses a list of image ids in which some id is repeated.
+
+    Raises:
+        ConversionError: naming `where` (e.g. 'split list train.txt') and the repeated ids.
+    """
+    repeated = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
+    if repeated:
+        raise ConversionError(f'{where} lists ids more than once: '
+                              f'{repeated[:messages.MAX_LISTED]}')
 
 
 def _check_train_aug(ids, split_file):
@@ -219,8 +359,6 @@ def convert_split(voc_dir, split_name, output_dir, label_dir=None, split_file=No
         ConversionError: the split list is empty or has duplicates, some entry is invalid
             (and not `skip_invalid`), or no entry is valid. Nothing is written.
     """
-    if num_shards is not None and num_shards < 1:
-        raise ValueError(f'num_shards must be at least 1, got {num_shards}')
     if not 1 <= num_classes <= voc.IGNORE_LABEL:
         raise ValueError(f'num_classes must be in 1..{voc.IGNORE_LABEL}, got {num_classes}')
     dataset = voc.dataset(num_classes)
@@ -231,41 +369,91 @@ def convert_split(voc_dir, split_name, output_dir, label_dir=None, split_file=No
     ids = voc.read_split_ids(split_file)
     if not ids:
         raise ConversionError(f'split list {split_file} is empty')
-    duplicates = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
-    if duplicates:
-        raise ConversionError(f'split list {split_file} lists ids more than once: '
-                              f'{duplicates[:messages.MAX_LISTED]}')
+    refuse_repeated(ids, f'split list {split_file}')
     for folder, what in ((image_dir, 'image folder'), (label_dir, 'label folder')):
         if not os.path.isdir(folder):
             raise FileNotFoundError(f'{what} not found: {folder}')
     warnings = _check_train_aug(ids, split_file) if split_name == 'train_aug' else []
+    entries = [Entry(i, os.path.join(image_dir, f'{i}.jpg'), _label_path(label_dir, i))
+               for i in ids]
+    mapping = LabelMapping.identity(num_classes, colour_values=VOC_COLOURS,
+                                    colours_name='VOC palette')
+    likely_causes = {
+        MISSING_LABEL: f'no label of this split is in {label_dir}: is it the right label folder '
+                       '(--label-dir)?',
+        MISSING_IMAGE: f'no image of this split is in {image_dir}: is --voc-dir the VOC2012 '
+                       'folder?',
+        VALUES_OUTSIDE: 'most labels hold classes beyond --num-classes: do the labels have more '
+                        'classes than that?'}
+    return convert_entries({split_name: entries}, dataset, mapping, output_dir,
+                           num_shards=num_shards, num_workers=num_workers,
+                           skip_invalid=skip_invalid, progress=progress, warnings=warnings,
+                           likely_causes=likely_causes)[split_name]
 
-    num_workers = num_workers or os.cpu_count() or 1
-    entries = [(i, os.path.join(image_dir, f'{i}.jpg'), label_dir, num_classes) for i in ids]
-    with worker_map(num_workers, len(entries)) as mapper:
-        checked = list(tqdm(mapper(_check, entries), total=len(entries), desc='validating',
-                            unit='img', disable=not progress))
-        for c in checked:
-            warnings.extend(c.warnings)
-        for w in warnings:
-            logger.warning('%s', w)
-        problems = [p for c in checked for p in c.problems]
-        if problems and not skip_invalid:
-            raise ConversionError(_refusal(split_name, problems, len(ids), label_dir, image_dir),
-                                  problems)
-        valid = [c for c in checked if not c.problems]
-        if problems:
-            logger.warning('skipped %d invalid entries:\n%s', len(ids) - len(valid),
-                           messages.listing(problems))
-        if not valid:
-            raise ConversionError(f'no valid entry in split {split_name!r}; nothing was written',
-                                  problems)
-        num_shards = min(num_shards or default_num_shards(len(valid)), len(valid))
-        shards = write_shards(valid, _encode, output_dir, split_name, num_shards, mapper,
-                              progress)
-    description.record_split(dataset, output_dir, split_name, len(valid),
-                             np.sum([c.class_pixels for c in valid], axis=0), shards)
-    return ConversionResult(split_name, len(valid), shards, output_dir, problems, warnings)
+
+def add_script_args(parser, entries='pairs'):
+    """Adds the flags every converter script has: --output-dir, --num-shards, --num-workers,
+    --skip-invalid.
+
+    Args:
+        parser: the script's argparse parser.
+        entries: what --skip-invalid leaves out, for its help, e.g. 'pairs' or 'images'.
+    """
+    parser.add_argument('--output-dir', required=True, help='folder for the shards')
+    parser.add_argument('--num-shards', type=config_lib.positive_int,
+                        help='shards to write (per split); default 4 up to 2000 images, else 10')
+    parser.add_argument('--num-workers', type=config_lib.positive_int,
+                        default=os.cpu_count() or 1,
+                        help='validation/encoding processes (default: all cores)')
+    parser.add_argument('--skip-invalid', action='store_true',
+                        help=f'write the valid {entries} and list the skipped ones, instead of '
+                        'refusing the whole run')
+
+
+def parse_script_args(parser, argv):
+    """Parses a converter script's flags and checks that --output-dir can be written (argparse's
+    one-line error otherwise)."""
+    args = parser.parse_args(argv)
+    config_lib.check_outputs(parser, args, folders=('output_dir',))
+    return args
+
+
+def summary_line(result, seconds, known=''):
+    """The line a converter script prints for a split written, e.g. 'split val: 500 images
+    (Cityscapes val has 500), 2 shards written to DIR, 0 invalid entries skipped, ...'.
+
+    Args:
+        result: a `ConversionResult`.
+        seconds: the time taken, or None to leave it out.
+        known: what the split should hold, put in parentheses after the count, or ''.
+    """
+    return (f'split {result.split}: {result.num_images} images{f" ({known})" if known else ""}, '
+            f'{len(result.shards)} shards written to {result.output_dir}, '
+            f'{len({p.image_id for p in result.skipped})} invalid entries skipped, '
+            f'{len(result.warnings)} warnings' + ('' if seconds is None else f', {seconds:.1f} s'))
+
+
+def run_split_script(convert_split, dataset_dir, args, dataset_title, split_sizes, note=''):
+    """The `main` of a script that converts one split of a dataset's own layout (Cityscapes,
+    ADE20K): runs `convert_split(dataset_dir, args.split_name, args.output_dir, ...)` with the
+    `add_script_args` flags and prints `summary_line`.
+
+    Args:
+        note: appended to the expected count, e.g. ', unlabelled'.
+
+    Returns:
+        The exit status (see `run_for_script`).
+    """
+    result, seconds, status = run_for_script(
+        lambda: convert_split(dataset_dir, args.split_name, args.output_dir,
+                              num_shards=args.num_shards, num_workers=args.num_workers,
+                              skip_invalid=args.skip_invalid),
+        args.output_dir, 'the valid pairs only')
+    if result is None:
+        return status
+    print(summary_line(result, seconds, f'{dataset_title} {result.split} has '
+                                        f'{split_sizes[result.split]}{note}'))
+    return 0
 
 
 def run_for_script(convert, output_dir, skip_hint):

@@ -28,10 +28,12 @@ DESCRIPTION_FILE = 'dataset.json'
 @dataclasses.dataclass(frozen=True)
 class SplitInfo:
     """One converted split: images, labelled pixels per class (ignore label excluded), shards as
-    (file name, size in bytes)."""
+    (file name, size in bytes), and whether it has labels (Cityscapes test has none: converted
+    for prediction and calibration only)."""
     num_images: int
     class_pixels: Tuple[int, ...]
     shards: Tuple[Tuple[str, int], ...]
+    labelled: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,14 +81,16 @@ class DatasetDescription:
                 'palette': [list(colour) for colour in self.palette],
                 'splits': {name: {'num_images': info.num_images,
                                   'class_pixels': list(info.class_pixels),
-                                  'shards': [list(shard) for shard in info.shards]}
+                                  'shards': [list(shard) for shard in info.shards],
+                                  **({} if info.labelled else {'labelled': False})}
                            for name, info in sorted(self.splits.items())}}
 
     @classmethod
     def from_json_dict(cls, values):
         splits = {name: SplitInfo(int(info['num_images']),
                                   tuple(int(v) for v in info['class_pixels']),
-                                  tuple((str(f), int(size)) for f, size in info['shards']))
+                                  tuple((str(f), int(size)) for f, size in info['shards']),
+                                  bool(info.get('labelled', True)))
                   for name, info in values.get('splits', {}).items()}
         return cls(name=str(values['name']),
                    class_names=tuple(str(n) for n in values['class_names']),
@@ -118,7 +122,8 @@ def read_description(data_dir):
 
 def check_split(description, data_dir, split_name, shard_paths):
     """Refuses shards that are not the ones the converter described (files replaced, truncated,
-    added or removed since).
+    added or removed since), and unlabelled splits: training and evaluation call this, and
+    neither can use a split without labels.
 
     Args:
         description: the `DatasetDescription` of `data_dir`.
@@ -128,7 +133,8 @@ def check_split(description, data_dir, split_name, shard_paths):
         The split's `SplitInfo`.
 
     Raises:
-        ValueError: naming the split, the file and what differs.
+        ValueError: naming the split, the file and what differs, or saying the split has no
+            labels.
     """
     path = description_path(data_dir)
     info = description.splits.get(split_name)
@@ -145,6 +151,11 @@ def check_split(description, data_dir, split_name, shard_paths):
                     f'has {found[name]} bytes, {described[name]} when converted')
             raise ValueError(f'split {split_name!r} in {data_dir}: {name} {what}; the shards '
                              'changed after conversion, convert the split again')
+    if not info.labelled:
+        labelled = [name for name, other in sorted(description.splits.items()) if other.labelled]
+        raise ValueError(f'split {split_name!r} in {data_dir} has no labels (converted for '
+                         'prediction only): training and evaluation need a labelled split '
+                         f'({", ".join(labelled) or "none is converted"})')
     return info
 
 
@@ -175,7 +186,8 @@ def check_can_record(dataset, data_dir):
             'classes); use another --output-dir')
 
 
-def record_split(dataset, data_dir, split_name, num_images, class_pixels, shard_paths):
+def record_split(dataset, data_dir, split_name, num_images, class_pixels, shard_paths,
+                 labelled=True):
     """Adds (or replaces) a converted split in `data_dir`'s description, written atomically.
 
     Args:
@@ -184,6 +196,7 @@ def record_split(dataset, data_dir, split_name, num_images, class_pixels, shard_
         num_images: images written.
         class_pixels: C ints, labelled pixels per class.
         shard_paths: the shard files written.
+        labelled: False for a split without labels (its records hold the ignore label only).
 
     Returns:
         The description now in `data_dir`.
@@ -194,7 +207,8 @@ def record_split(dataset, data_dir, split_name, num_images, class_pixels, shard_
     if len(class_pixels) != dataset.num_classes:
         raise ValueError(f'{len(class_pixels)} pixel counts for {dataset.num_classes} classes')
     info = SplitInfo(int(num_images), tuple(int(v) for v in class_pixels),
-                     tuple((os.path.basename(p), os.path.getsize(p)) for p in sorted(shard_paths)))
+                     tuple((os.path.basename(p), os.path.getsize(p)) for p in sorted(shard_paths)),
+                     labelled)
     with _locked(data_dir):
         check_can_record(dataset, data_dir)
         existing = read_description(data_dir)

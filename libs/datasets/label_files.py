@@ -1,8 +1,9 @@
 """Reading the image and label files of a conversion: each fully decoded and checked.
 
-Labels are read as class indices: palette ('P') and greyscale ('L') PNGs as stored; a label saved
-as RGB colours is mapped back through the VOC palette with a warning, or refused when it holds
-other colours. SBD's `cls/*.mat` files (struct `GTcls.Segmentation`, from
+Labels are read as the values they store: palette ('P') and greyscale ('L') PNGs as they are; a
+label saved as RGB colours is mapped back through a table of colours (the VOC palette by default,
+a folder dataset's class colours) with a warning, or refused when it holds other colours. SBD's
+`cls/*.mat` files (struct `GTcls.Segmentation`, from
 http://home.bharathh.info/pubs/codes/SBD/download.html) are read when no `.png` of that id exists;
 `SegmentationClassAug` is the commonly distributed PNG conversion of the same labels.
 Records store labels as greyscale PNGs (see `tfrecord`).
@@ -59,13 +60,20 @@ def read_image(path):
     return fmt, image.size
 
 
-def _colours_to_indices(rgb):
-    """uint8 [H, W, 3] VOC palette colours -> uint8 [H, W] indices; EntryError on others."""
-    packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) \
-        | rgb[..., 2]
-    colours, inverse = np.unique(packed, return_inverse=True)
-    pal = voc.PALETTE.astype(np.uint32)
-    lookup = dict(zip(((pal[:, 0] << 16) | (pal[:, 1] << 8) | pal[:, 2]).tolist(), range(256)))
+def _pack(colours):
+    """uint32 [...] of uint8 [..., 3] RGB colours, one int per colour."""
+    colours = np.asarray(colours, np.uint32)
+    return (colours[..., 0] << 16) | (colours[..., 1] << 8) | colours[..., 2]
+
+
+VOC_COLOURS = {tuple(int(v) for v in colour): i for i, colour in enumerate(voc.PALETTE)}
+
+
+def _colours_to_indices(rgb, colour_values, colours_name):
+    """uint8 [H, W, 3] colours -> uint8 [H, W] values through {(r, g, b): value}; EntryError
+    naming the colours that are not in the table."""
+    colours, inverse = np.unique(_pack(rgb), return_inverse=True)
+    lookup = dict(zip(_pack(list(colour_values)).tolist(), colour_values.values()))
     indices = [lookup.get(c) for c in colours.tolist()]
     foreign = [c for c, i in zip(colours.tolist(), indices) if i is None]
     if foreign:
@@ -73,8 +81,8 @@ def _colours_to_indices(rgb):
         shown = ', '.join(str((c >> 16, (c >> 8) & 255, c & 255)) for c in foreign[:limit])
         more = f' and {len(foreign) - limit} more' if len(foreign) > limit else ''
         raise EntryError(
-            f'label is an RGB image with colours that are not VOC palette colours: {shown}{more}; '
-            'labels must be palette (P) or greyscale (L) PNGs of class indices')
+            f'label is an RGB image with colours that are not {colours_name} colours: '
+            f'{shown}{more}; labels must be palette (P) or greyscale (L) PNGs of class indices')
     return np.asarray(indices, np.uint8)[inverse.reshape(-1)].reshape(rgb.shape[:2])
 
 
@@ -95,11 +103,18 @@ def _read_sbd_mat(path):
     return seg.astype(np.uint8)
 
 
-def read_label(path):
-    """Class indices of a label file: a PNG (P, L, or VOC-palette RGB) or an SBD cls .mat.
+def read_label(path, colour_values=VOC_COLOURS, colours_name='VOC palette'):
+    """The values of a label file: a PNG (P, L, or RGB colours of `colour_values`) or an SBD
+    cls .mat.
+
+    Args:
+        path: the label file.
+        colour_values: {(r, g, b): value} that maps an RGB label back to values; None refuses
+            RGB labels.
+        colours_name: what the colours are, for the messages, e.g. 'VOC palette'.
 
     Returns:
-        (uint8 [H, W] indices, a warning string or None).
+        (uint8 [H, W] values, a warning string or None).
 
     Raises:
         EntryError: the file cannot be decoded or does not hold class indices.
@@ -113,10 +128,12 @@ def read_label(path):
     image = _decode(data, 'label')
     if image.mode in ('P', 'L'):
         return np.array(image), None
-    if image.mode in ('RGB', 'RGBA'):
-        indices = _colours_to_indices(np.asarray(image.convert('RGB')))
+    if image.mode in ('RGB', 'RGBA') and colour_values is not None:
+        indices = _colours_to_indices(np.asarray(image.convert('RGB')), colour_values,
+                                      colours_name)
         return indices, (f'{path}: label saved as RGB colours; mapped back to class indices '
-                         'through the VOC palette (save labels as palette PNGs to avoid this)')
+                         f'through the {colours_name} (save labels as palette PNGs to avoid '
+                         'this)')
     raise EntryError(f'unsupported label mode {image.mode!r}; expected a palette (P) or '
                      'greyscale (L) PNG of class indices')
 

@@ -1,8 +1,9 @@
 """Writing TFRecord shards of a split atomically, with the encoding spread over worker processes.
 
-Both converters (VOC in `conversion`, COCO in `coco`) end here: their validated entries are
-encoded in worker processes and written as `{split}-%05d-of-%05d.tfrecord` shards under temporary
-names, renamed only once all are complete, so an error or Ctrl-C never leaves a partial shard set.
+Every converter (VOC, Cityscapes, ADE20K and folders through `conversion`, COCO in `coco`) ends
+here: its validated entries are encoded in worker processes and written as
+`{split}-%05d-of-%05d.tfrecord` shards under temporary names, renamed only once all are complete,
+so an error or Ctrl-C never leaves a partial shard set.
 A SIGKILL can leave temporaries: the next conversion of the split removes them (it holds the split
 in that folder, so no other live conversion is writing them). Worker processes end with the
 converter, however it ends.
