@@ -1,5 +1,8 @@
 """predict.py on awkward inputs: odd sizes, greyscale, CMYK, EXIF rotation, broken files."""
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ from libs.datasets import voc
 from libs.utils import image_io
 
 EXIF_ORIENTATION = 0x0112
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _photo(height, width, seed=0):
@@ -90,3 +94,34 @@ def test_list_images(tmp_path):
         image_io.list_images(str(tmp_path))
     with pytest.raises(FileNotFoundError):
         image_io.list_images(str(tmp_path / 'missing*.jpg'))
+
+
+def test_a_writer_killed_mid_file_leaves_a_temporary_that_the_next_write_removes(tmp_path):
+    """kill -9 inside `atomic_output` leaves its `.tmp-<host>-<pid>-*` file; the next process to
+    write into the folder removes it, and leaves those of live processes and other hosts."""
+    import socket
+    from libs.utils.image_io import atomic_output
+    writer = subprocess.Popen(
+        [sys.executable, '-c', 'import sys, time\n'
+         'from libs.utils.image_io import atomic_output\n'
+         f'with atomic_output({str(tmp_path / "a.png")!r}) as f:\n'
+         '    f.write(b"half"); f.flush(); print("writing", flush=True); time.sleep(600)'],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == 'writing\n'
+        assert writer.poll() is None  # killed while inside the block
+    finally:
+        writer.kill()
+        writer.wait()
+    assert writer.returncode == -signal.SIGKILL
+    host = socket.gethostname()
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(f'.tmp-{host}-{writer.pid}-'), left
+    live = tmp_path / f'.tmp-{host}-{os.getpid()}-live.png'
+    other_host = tmp_path / f'.tmp-otherhost-{writer.pid}-x.png'
+    live.write_bytes(b'x')
+    other_host.write_bytes(b'x')
+    with atomic_output(str(tmp_path / 'b.png')) as f:
+        f.write(b'whole')
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ['b.png', live.name, other_host.name])

@@ -7,6 +7,7 @@ import contextlib
 import glob
 import os
 import shutil
+import socket
 import tempfile
 
 import numpy as np
@@ -142,19 +143,51 @@ def _alive(pid):
     return True
 
 
+# Folders whose dead writers' temporary files this process has removed already.
+_swept_folders = set()
+
+
+def _host_prefix():
+    # The host name keeps a sweep on a shared file system to the processes it can see.
+    return f'.tmp-{socket.gethostname()}-'
+
+
+def _remove_dead_temporaries(folder):
+    """Removes the temporary files of `atomic_output` left in `folder` by processes of this host
+    that are gone."""
+    host_prefix = _host_prefix()
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(host_prefix):].split('-')[0] if name.startswith(host_prefix) else ''
+        path = os.path.join(folder, name)
+        if pid.isdigit() and not _alive(int(pid)) and os.path.isfile(path):
+            try:
+                os.remove(path)
+            except OSError:
+                pass  # another process swept it first, or the folder is read-only
+
+
 @contextlib.contextmanager
 def atomic_output(path, mode='wb'):
     """Opens a temporary file beside `path` for writing and renames it to `path` on success.
 
     A reader never sees half a file, even if the writer is killed; on an exception the temporary
-    file is removed and `path` is left as it was.
+    file is removed and `path` is left as it was. A writer killed outright (SIGKILL) leaves its
+    `.tmp-<host>-<pid>-*` file; the first write of a later process into that folder removes the
+    files of this host's processes that are gone.
 
     Args:
         path: destination; its folder must exist.
         mode: 'wb' or 'w' (UTF-8 text).
     """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix='.tmp-',
+    if folder not in _swept_folders:
+        _remove_dead_temporaries(folder)
+        _swept_folders.add(folder)
+    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f'{_host_prefix()}{os.getpid()}-',
                                     suffix=os.path.splitext(path)[1])
     try:
         with os.fdopen(fd, mode, **({} if 'b' in mode else {'encoding': 'utf-8'})) as f:
