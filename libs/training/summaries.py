@@ -76,17 +76,22 @@ class Reporter:
         self.strategy = strategy
         self.image_files = val_files or train_files
 
-    def log_progress(self, step, loss, lr, images_per_sec, eta_seconds, train_miou):
-        """One progress line and the same values in TensorBoard."""
+    def log_progress(self, step, loss, lr, images_per_sec, eta_seconds, train_miou,
+                     loss_scale=None):
+        """One progress line and the same values in TensorBoard; with a
+        `loss_scale.DynamicLossScale`, its scale and the steps it skipped so far."""
         self.log(f'step {step}/{self.config.num_steps}  loss {loss:.4f}  lr {lr:.6f}  '
                  f'{images_per_sec:.2f} img/s  train mIoU {train_miou:.3f}  '
-                 f'ETA {format_eta(eta_seconds)}')
+                 + (f'{loss_scale.describe()}  ' if loss_scale is not None else '')
+                 + f'ETA {format_eta(eta_seconds)}')
         with self.writer.as_default(step=step):
             tf.summary.scalar('loss', loss)
             tf.summary.scalar('learning_rate', lr)
             tf.summary.scalar('images_per_sec', images_per_sec)
             if np.isfinite(train_miou):
                 tf.summary.scalar('train_miou', train_miou)
+            if loss_scale is not None:
+                tf.summary.scalar('skipped_steps', loss_scale.skipped.numpy())
         self.writer.flush()
 
     def checkpoint_saved(self, step, checkpoint_path):
