@@ -4,6 +4,8 @@ float16 convolutions; the mechanism does not depend on the compute dtype)."""
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from libs.training.step import build_optimizer, build_train_step
 from test_training import constant_records, tiny_config  # noqa: F401 (a fixture)
 
 SIZE = 49
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_bfloat16_training_lowers_the_loss_keeps_float32_variables_and_evaluates_in_float32(
@@ -170,3 +173,30 @@ def test_divergence_at_scale_one_or_after_too_many_skips():
         scale.update(tf.constant(False))
     assert f'{MAX_SKIPS_IN_A_ROW} float16 steps in a row' in scale.divergence()
     assert int(scale.skipped.numpy()) == 2 * MAX_SKIPS_IN_A_ROW - 1
+
+
+def test_mirrored_bfloat16_and_replicas_skip_together():
+    """MirroredStrategy on 2 logical CPUs (tests/mirrored_checks.py precision, a fresh process).
+    bfloat16 with synchronised batch norm: the loss falls over 3 steps on one batch, every
+    variable copy stays float32 and both replicas hold the same weights. Loss scaling: replica 0
+    sees only ignored labels, so its own gradient is weight decay alone and finite, replica 1's
+    backward pass overflows; both skip (weights unchanged on both, the scale halved on both) until
+    the scale is low enough, then both apply the same update."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'mirrored_checks.py'),
+                           'precision'], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result['replicas'] == 2
+    losses = result['bfloat16_losses']
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert result['bfloat16_dtypes'] == ['float32'] and result['bfloat16_replicas'] == 0.0
+
+    assert result['replica0_gradient_bound'] < np.finfo(np.float32).max / 2 ** 20
+    *skipped, applied = result['skips']
+    assert skipped, result['skips']
+    for index, (step, scale0, scale1, change0, change1) in enumerate(skipped, start=1):
+        assert (step, change0, change1) == (0, 0.0, 0.0)
+        assert scale0 == scale1 == 2.0 ** (120 - index)
+    step, scale0, scale1, change0, change1 = applied
+    assert step == 1 and scale0 == scale1 == 2.0 ** (120 - len(skipped))
+    assert change0 == change1 > 0 and result['applied_replicas'] == 0.0
