@@ -55,6 +55,17 @@ def test_bfloat16_training_lowers_the_loss_keeps_float32_variables_and_evaluates
         'precision']
 
 
+def test_train_refuses_float16_without_a_gpu(tmp_path, capsys):
+    """One line, exit 1, and nothing written: the snapshot dir is not even created."""
+    import train as train_script
+    run_dir = tmp_path / 'f16'
+    assert train_script.main(['--data-dir', str(tmp_path), '--snapshot-dir', str(run_dir),
+                              '--precision', 'float16']) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: --precision float16 needs a GPU'), err
+    assert not run_dir.exists()
+
+
 def _fixed_batches():
     """One batch of 2 images [2, 49, 49, 3] and labels, repeated."""
     rng = np.random.default_rng(0)
