@@ -39,8 +39,8 @@ graph, and the achieved GFLOP/s as a share of the measured ceiling of the precis
 median GFLOP/s of a `--ceiling-size`² matmul, timed in each precision (float32, bfloat16, and
 float16 when used) in the same run, on the same device; for train also the share counting 3x the
 forward FLOPs per image. Then peak resident memory of the process, trace counts, device and
-TensorFlow version. `--json` prints all of it as one JSON line instead. The machine's other load changes
-every figure: compare runs interleaved, repeated, by their medians (docs/performance.md).
+TensorFlow version. `--json` prints all of it as one JSON line instead. The machine's other load
+changes every figure: compare runs interleaved, repeated, by their medians (docs/performance.md).
 """
 import argparse
 import json

@@ -1,5 +1,5 @@
-"""torchvision peer of the project's benchmark: DeepLabV3 with a dilated torchvision ResNet at output
-stride 8 or 16, ASPP (rates 6/12/18 at OS16, doubled at OS8) with image pooling, 1x1 classifier,
+"""torchvision peer of the project's benchmark: DeepLabV3 with a dilated torchvision ResNet at
+output stride 8 or 16, ASPP (rates 6/12/18 at OS16, doubled at OS8) with image pooling, 1x1 classifier,
 bilinear upsampling; on 2 CPU threads, float32 NCHW unless told otherwise. Prints median seconds
 per step as JSON.
 usage: python3 bench/torchvision_peer.py MODE(inference|train) DEPTH OS SIZE BATCH STEPS
@@ -14,7 +14,8 @@ import torch, torchvision
 from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p = argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("mode", choices=("inference", "train"))
 for name in ("depth", "os", "size", "batch", "steps"):
     p.add_argument(name, type=int)
