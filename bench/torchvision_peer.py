@@ -1,7 +1,7 @@
 """torchvision peer of the project's benchmark: DeepLabV3 with a dilated torchvision ResNet at
-output stride 8 or 16, ASPP (rates 6/12/18 at OS16, doubled at OS8) with image pooling, 1x1 classifier,
-bilinear upsampling; on 2 CPU threads, float32 NCHW unless told otherwise. Prints median seconds
-per step as JSON.
+output stride 8 or 16, ASPP (rates 6/12/18 at OS16, doubled at OS8) with image pooling, 1x1
+classifier, bilinear upsampling; on 2 CPU threads, float32 NCHW unless told otherwise. Prints
+median seconds per step as JSON.
 usage: python3 bench/torchvision_peer.py MODE(inference|train) DEPTH OS SIZE BATCH STEPS
            [--channels-last] [--autocast-bf16]
 --channels-last: the network's weights and the input in torch.channels_last (NHWC) memory format,
