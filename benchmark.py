@@ -388,7 +388,7 @@ def run(args):
         else 'median', 'step_times': [round(t, 4) for t in times],
         'images_per_sec': images_per_step / seconds,
         'gflops_per_image': None, 'achieved_gflops_per_sec': None,
-        'device': f'GPU {gpus[0].name}' if gpus else f'CPU {cpu_name()} ({threads} threads)',
+        'device': f'GPU {gpus[0].name}' if gpus else f'CPU {cpu_name()}',
         'tf_version': tf.__version__,
         'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         'matmul_ceilings_gflops': None,
