@@ -4,6 +4,8 @@
     .venv/bin/python benchmark.py --mode inference --num-layers 101 --output-stride 8 \
         --height 1024 --width 2048 --crop-size 513 --steps 3 --warmup 1
     .venv/bin/python benchmark.py --mode train --num-layers 50 --input-size 321 --batch-size 2
+    .venv/bin/python benchmark.py --mode train --num-layers 50 --input-size 321 --batch-size 2 \
+        --precision bfloat16
     .venv/bin/python benchmark.py --mode input --input-size 321 --batch-size 2 --steps 50
     .venv/bin/python benchmark.py --mode convert --num-images 200 --steps 3
 
@@ -34,11 +36,17 @@ alike):
   `--input-size` (OS*k + 1), interleaved with the evaluate path in float32 and bfloat16 on the
   same image; the step is int8's, and `seconds_by_path` has every path.
 
+`--precision` (inference and train) is the dtype the network computes in, through the scripts'
+own path: `MultiScalePredictor(compute_dtype=...)`, the train step of a `TrainConfig(precision=...)`
+(float16 with its dynamic loss scale; float16 is refused without a GPU).
+
 Printed: seconds per step, images/s, GFLOPs per image counted by TensorFlow's profiler on the traced
-graph, achieved GFLOP/s against the CPU's assumed fp32 peak (and, with `--measure-ceiling`, against
-a timed fp32 matmul), peak resident memory of the process, trace counts, device and TensorFlow
-version. `--json` prints all of it as one JSON line instead. The machine's other load changes
-every figure: compare runs interleaved, repeated, by their medians (docs/performance.md).
+graph, and the achieved GFLOP/s as a share of the measured ceiling of the precision used: the
+median GFLOP/s of a `--ceiling-size`² matmul, timed in each precision (float32, bfloat16, and
+float16 when used) in the same run, on the same device; for train also the share counting 3x the
+forward FLOPs per image. Then peak resident memory of the process, trace counts, device and
+TensorFlow version. `--json` prints all of it as one JSON line instead. The machine's other load
+changes every figure: compare runs interleaved, repeated, by their medians (docs/performance.md).
 """
 import argparse
 import json
@@ -95,9 +103,9 @@ def build_parser():
                    help='input: TFRecord folder with a train split; default a sample dataset')
     p.add_argument('--num-images', type=config_lib.positive_int, default=200,
                    help='input/convert: images in the generated sample dataset')
-    p.add_argument('--precision', choices=('fp32', 'bf16', 'fp16'), default='fp32',
-                   help='compute dtype of the network (variables stay float32); meant for GPUs. '
-                        'fp16 is inference only: the train step has no loss scaling')
+    p.add_argument('--precision', choices=config_lib.PRECISIONS, default='float32',
+                   help='inference, train: dtype the network computes in (variables stay '
+                        'float32), as the scripts\' --precision; float16 needs a GPU')
     replicas = p.add_mutually_exclusive_group()
     replicas.add_argument('--cpu-devices', type=config_lib.positive_int, default=None,
                           help="train: MirroredStrategy over N logical CPU devices, as "
@@ -106,8 +114,9 @@ def build_parser():
                           help='train: MirroredStrategy over N GPUs, as train_multi_gpu.py')
     p.add_argument('--sync-bn', action=argparse.BooleanOptionalAction, default=True,
                    help='train, mirrored: all-reduce batch-norm statistics across replicas')
-    p.add_argument('--measure-ceiling', action='store_true',
-                   help='also time a 4096 x 4096 fp32 matmul: the GFLOP/s a dense kernel reaches')
+    p.add_argument('--ceiling-size', type=config_lib.positive_int, default=4096,
+                   help='inference, train: the square matmul timed in each precision; its '
+                        'GFLOP/s is the ceiling the step is compared with')
     p.add_argument('--json', action='store_true', help='print one JSON line')
     return p
 
@@ -134,32 +143,6 @@ def _time_steps(steps_by_name, steps, warmup):
     return times
 
 
-def _in_precision(model, precision, tf):
-    """`model` computing in `precision` on float32 images, returning float32 logits.
-
-    Kernels are cast where they are used (`Conv2D`), so variables and updates stay float32.
-    """
-    if precision == 'fp32':
-        return model
-    dtype = {'bf16': tf.bfloat16, 'fp16': tf.float16}[precision]
-
-    class Cast(tf.Module):
-        def __init__(self):
-            super().__init__(name=None)
-            self.model = model
-
-        def __call__(self, images, training=False, output_stride=None):
-            logits = self.model(tf.cast(images, dtype), training=training,
-                                output_stride=output_stride)
-            return tf.cast(logits, tf.float32)
-
-        @property
-        def regularized_variables(self):
-            return self.model.regularized_variables
-
-    return Cast()
-
-
 def bench_inference(args, tf):
     """The evaluate path: `MultiScalePredictor` on one [H, W, 3] image (S x S unless `--height`,
     `--width`), whole or in sliding windows, `--batch-size` per step.
@@ -174,15 +157,15 @@ def bench_inference(args, tf):
     from libs.utils.flops import count_flops
 
     model = DeepLabV3(args.num_classes, args.num_layers, args.output_stride, seed=0)
-    net = _in_precision(FoldedDeepLabV3(model) if args.fold_bn else model, args.precision, tf)
+    net = FoldedDeepLabV3(model) if args.fold_bn else model
     height, width = args.height or args.input_size, args.width or args.input_size
     image = tf.random.stateless_uniform([height, width, 3], [0, 1], -120., 130.)
-    windows = dict(window=args.crop_size, stride=args.stride)
+    options = dict(window=args.crop_size, stride=args.stride, compute_dtype=args.precision)
     predictors = {'all': MultiScalePredictor(net, args.num_classes, args.output_stride,
-                                             args.scales, args.flip, **windows)}
+                                             args.scales, args.flip, **options)}
     if len(args.scales) > 1 or args.flip:
         predictors.update({scale: MultiScalePredictor(net, args.num_classes, args.output_stride,
-                                                      (scale,), args.flip, **windows)
+                                                      (scale,), args.flip, **options)
                            for scale in args.scales})
 
     def step_of(predictor):
@@ -238,12 +221,14 @@ def bench_train(args, tf):
     is the training forward pass alone.
     """
     from libs.runs.checkpoints import build_model
+    from libs.training.loss_scale import DynamicLossScale
     from libs.training.step import build_optimizer, build_train_step
     from libs.utils.flops import count_flops
 
     config = config_lib.TrainConfig(num_layers=args.num_layers, output_stride=args.output_stride,
                                     num_classes=args.num_classes, batch_size=args.batch_size,
-                                    input_size=args.input_size, sync_bn=args.sync_bn)
+                                    input_size=args.input_size, sync_bn=args.sync_bn,
+                                    precision=args.precision)
     if args.cpu_devices or args.num_gpus:
         from libs.training.mirrored import mirrored_strategy
         strategy = mirrored_strategy(num_gpus=args.num_gpus, cpu_devices=args.cpu_devices)
@@ -252,20 +237,17 @@ def bench_train(args, tf):
                              f'{strategy.num_replicas_in_sync} replicas')
     else:
         strategy = tf.distribute.get_strategy()
-    if args.precision == 'fp16':
-        raise SystemExit('--precision fp16 needs loss scaling, which the train step lacks; '
-                         'use bf16 or fp32 for --mode train')
     with strategy.scope():
-        model = _in_precision(build_model(config, strategy.num_replicas_in_sync),
-                              args.precision, tf)
+        model = build_model(config, strategy.num_replicas_in_sync)
         global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
         optimizer = build_optimizer(config, global_step)
+        loss_scale = DynamicLossScale() if args.precision == 'float16' else None
     shape = [args.batch_size, args.input_size, args.input_size]
     images = tf.random.stateless_uniform(shape + [3], [0, 1], -120., 130.)
     labels = tf.random.stateless_uniform(shape, [0, 2], 0, args.num_classes, tf.int32)
     dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
     iterator = iter(dataset)  # global batches, split over the replicas as in the loop
-    train_step = build_train_step(model, optimizer, global_step, strategy, config)
+    train_step = build_train_step(model, optimizer, global_step, strategy, config, loss_scale)
 
     def step():
         loss, _ = train_step(iterator)
@@ -277,7 +259,7 @@ def bench_train(args, tf):
     times = _time_steps({'train': step}, args.steps, 0)['train']
     retraced = train_step.experimental_get_tracing_count() != traced
     flops = count_flops(train_step.get_concrete_function(iterator))
-    forward = tf.function(lambda x: model(x, training=True))
+    forward = tf.function(lambda x: model(tf.cast(x, args.precision), training=True))
     forward_flops = count_flops(forward.get_concrete_function(tf.TensorSpec(shape + [3])))
     return times, flops, {'path': 'libs.training.step.build_train_step, '
                                   f'{type(strategy).__name__} over '
@@ -326,7 +308,7 @@ def bench_tflite(args, tf, workdir):
         steps[f'tflite_{quantize}'] = lambda p=predictor: p.predict_probabilities(image)
     times = _time_steps(steps, args.steps, args.warmup)
     seconds = {name: statistics.median(t) for name, t in times.items()}
-    # No FLOP count: a share of the float32 peak means nothing for int8 arithmetic.
+    # No FLOP count: a share of a float matmul ceiling means nothing for int8 arithmetic.
     extra = {'path': 'TFLitePredictor (int8) beside MultiScalePredictor float32/bfloat16',
              'seconds_by_path': seconds,
              'int8_speedup_over_tensorflow_bfloat16':
@@ -386,34 +368,25 @@ def bench_convert(args, tf, workdir):
         'data': f'sample dataset, {args.num_images} images of 375-500 px'}
 
 
-def peak_figures(peak, achieved_gflops, gpu_name):
-    """The CPU's assumed fp32 peak and the share of it a step reached (`percent_of_peak`, when
-    its FLOPs are known).
-
-    On a GPU both are None and `cpu_peak_assumption` says why: the network ran on the GPU, whose
-    peak /proc/cpuinfo cannot tell, so a percentage of the CPU's peak would mean nothing.
+def ceiling_figures(achieved_gflops, ceilings, precision):
+    """The share of the matmul ceiling of `precision` that a step's GFLOP/s reached.
 
     Args:
-        peak: `libs.utils.flops.cpu_peak()`.
-        achieved_gflops: GFLOP/s of the timed step, or None.
-        gpu_name: the GPU the step ran on, or None on the CPU.
+        achieved_gflops: GFLOP/s of the timed step.
+        ceilings: {precision name: GFLOP/s of `matmul_gflops` in it}.
+        precision: the precision the step computed in.
+    Returns:
+        {'ceiling_gflops', 'percent_of_ceiling'}.
     """
-    if gpu_name:
-        return {'cpu_peak_gflops': None, 'percent_of_peak': None,
-                'cpu_peak_assumption': f'none: the step ran on {gpu_name}, and a share of the '
-                                       "CPU's peak says nothing about a GPU"}
-    figures = {'cpu_peak_gflops': peak['peak_gflops'],
-               'cpu_peak_assumption': peak['assumption']}
-    if achieved_gflops is not None:
-        figures['percent_of_peak'] = 100 * achieved_gflops / peak['peak_gflops']
-    return figures
+    return {'ceiling_gflops': ceilings[precision],
+            'percent_of_ceiling': 100 * achieved_gflops / ceilings[precision]}
 
 
 def run(args):
     """Runs the benchmark of `args` and returns the results as a dict."""
     import tensorflow as tf
 
-    from libs.utils.flops import cpu_peak, matmul_gflops
+    from libs.utils.flops import cpu_name, matmul_gflops
 
     threads = args.threads or len(os.sched_getaffinity(0))
     tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -437,7 +410,6 @@ def run(args):
     seconds = (sum(times) / len(times) if args.mode == 'input' else statistics.median(times))
     images_per_step = args.num_images if args.mode == 'convert' else args.batch_size
     gpus = tf.config.list_physical_devices('GPU')
-    peak = cpu_peak(threads)
     result = {
         'mode': args.mode, 'num_layers': args.num_layers, 'output_stride': args.output_stride,
         'input_size': args.input_size, 'batch_size': args.batch_size, 'steps': args.steps,
@@ -447,19 +419,24 @@ def run(args):
         else 'median', 'step_times': [round(t, 4) for t in times],
         'images_per_sec': images_per_step / seconds,
         'gflops_per_image': None, 'achieved_gflops_per_sec': None,
-        'device': f'GPU {gpus[0].name}' if gpus else f'CPU {peak["cpu"]} ({peak["cores"]} cores)',
+        'device': f'GPU {gpus[0].name}' if gpus else f'CPU {cpu_name()}',
         'tf_version': tf.__version__,
         'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        'matmul_gflops': matmul_gflops() if args.measure_ceiling else None,
+        'matmul_ceilings_gflops': None,
     }
-    achieved = None
     if flops is not None:
         per_image = flops / 1e9 / (args.batch_size if args.mode == 'train' else 1)
         achieved = per_image * result['images_per_sec']
         result.update(gflops_per_image=per_image, achieved_gflops_per_sec=achieved)
-        if result['matmul_gflops']:
-            result['percent_of_matmul'] = 100 * achieved / result['matmul_gflops']
-    result.update(peak_figures(peak, achieved, gpus[0].name if gpus else None))
+        precisions = dict.fromkeys(('float32', 'bfloat16', args.precision))
+        ceilings = {name: matmul_gflops(tf.as_dtype(name), args.ceiling_size)
+                    for name in precisions}
+        result.update(matmul_ceilings_gflops=ceilings, ceiling_size=args.ceiling_size,
+                      **ceiling_figures(achieved, ceilings, args.precision))
+        if args.mode == 'train':
+            at_3x = 3 * extra['forward_gflops_per_image'] * result['images_per_sec']
+            result['percent_of_ceiling_at_3x_forward'] = (
+                ceiling_figures(at_3x, ceilings, args.precision)['percent_of_ceiling'])
     result.update(extra)
     return result
 
@@ -470,13 +447,16 @@ def _report(r):
              f'  {r["seconds_per_step"]:.4f} s/step ({r["step_time_statistic"]} of {r["steps"]}), '
              f'{r["images_per_sec"]:.2f} images/s']
     if r['gflops_per_image'] is not None:
-        share = ('' if r['percent_of_peak'] is None
-                 else f' = {r["percent_of_peak"]:.1f}% of the assumed peak')
-        lines.append(f'  {r["gflops_per_image"]:.2f} GFLOP/image, '
-                     f'{r["achieved_gflops_per_sec"]:.1f} GFLOP/s{share}')
-    lines.append(f'  assumed peak: {r["cpu_peak_assumption"]}')
-    if r['matmul_gflops']:
-        lines.append(f'  measured fp32 matmul: {r["matmul_gflops"]:.1f} GFLOP/s')
+        lines.append(f'  {r["precision"]}: {r["gflops_per_image"]:.2f} GFLOP/image, '
+                     f'{r["achieved_gflops_per_sec"]:.1f} GFLOP/s = '
+                     f'{r["percent_of_ceiling"]:.1f}% of the {r["precision"]} matmul ceiling')
+        if 'percent_of_ceiling_at_3x_forward' in r:
+            lines.append(f'  counting 3x the forward pass ({r["forward_gflops_per_image"]:.2f} '
+                         f'GFLOP/image): {r["percent_of_ceiling_at_3x_forward"]:.1f}% of it')
+        ceilings = ', '.join(f'{name} {gflops:.1f}'
+                             for name, gflops in r['matmul_ceilings_gflops'].items())
+        lines.append(f'  matmul ceilings ({r["ceiling_size"]}² matmul, median of 5, this run): '
+                     f'{ceilings} GFLOP/s')
     if 'multiscale_cost_ratio' in r:
         lines.append(f'  multi-scale step / sum of single-scale steps: '
                      f'{r["multiscale_cost_ratio"]:.3f} ({r["sum_single_scale_seconds"]:.3f} s)')
@@ -502,7 +482,17 @@ def main(argv=None):
         parser.error(f'{", ".join(inference_only)}: for --mode inference only')
     if args.stride is not None and args.crop_size is None:
         parser.error('--stride needs --crop-size (sliding-window inference)')
+    if args.precision != 'float32' and args.mode not in ('inference', 'train'):
+        parser.error(f'--precision is for --mode inference and train (--mode {args.mode} '
+                     + ('times each quantization and precision itself)' if args.mode == 'tflite'
+                        else 'runs no network)'))
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    from libs.utils.precision import compute_dtype
+    try:
+        compute_dtype(args.precision)  # float16 without a GPU: refused before anything runs
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
     result = run(args)
     print(json.dumps(result) if args.json else _report(result), flush=True)
     return 0

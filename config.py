@@ -20,7 +20,9 @@ ARCHITECTURE_FIELDS = ('num_layers', 'num_classes', 'multi_grid')
 # neither the recorded run nor the new one.
 RESUMABLE_CHANGES = ('data_dir', 'num_steps', 'snapshot_dir', 'save_pred_every', 'max_to_keep',
                      'restore_from', 'imagenet', 'deterministic', 'log_every', 'val_split',
-                     'val_max_images')
+                     'val_max_images',
+                     # Variables stay float32 whatever the precision: the checkpoint is the same.
+                     'precision')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +72,8 @@ class TrainConfig:
     log_every: int = 10
     val_split: Optional[str] = None
     val_max_images: Optional[int] = None
+    # Precision: the dtype the network computes in ('float32', 'bfloat16', 'float16').
+    precision: str = 'float32'
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -305,6 +309,11 @@ def build_train_parser(doc):
                    help='split in --data-dir to validate on at every checkpoint')
     g.add_argument('--val-max-images', type=positive_int, default=d.val_max_images,
                    help='validate on the first N images of --val-split only')
+    g = p.add_argument_group('precision')
+    g.add_argument('--precision', choices=PRECISIONS, default=d.precision,
+                   help='dtype the convolutions compute in; variables, batch-norm statistics, '
+                        'loss and metrics stay float32. bfloat16: CPUs with AVX512_BF16, Ampere '
+                        'and later GPUs; float16: GPUs only, with dynamic loss scaling')
     return p
 
 

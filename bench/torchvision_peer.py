@@ -1,17 +1,31 @@
-"""torchvision peer of the project's benchmark: DeepLabV3 with a dilated torchvision ResNet at output
-stride 8 or 16, ASPP (rates 6/12/18 at OS16, doubled at OS8) with image pooling, 1x1 classifier,
-bilinear upsampling; fp32 on 2 CPU threads. Prints median seconds per step as JSON.
-usage: python3 bench/torchvision_peer.py MODE(inference|train) DEPTH OS SIZE BATCH STEPS"""
-import json, sys, time
+"""torchvision peer of the project's benchmark: DeepLabV3 with a dilated torchvision ResNet at
+output stride 8 or 16, ASPP (rates 6/12/18 at OS16, doubled at OS8) with image pooling, 1x1
+classifier, bilinear upsampling; on 2 CPU threads, float32 NCHW unless told otherwise. Prints
+median seconds per step as JSON.
+usage: python3 bench/torchvision_peer.py MODE(inference|train) DEPTH OS SIZE BATCH STEPS
+           [--channels-last] [--autocast-bf16]
+--channels-last: the network's weights and the input in torch.channels_last (NHWC) memory format,
+  torchvision's fastest CPU layout. --autocast-bf16: forward (and loss) under
+  torch.autocast('cpu', dtype=torch.bfloat16), torch's mixed precision: convolutions and matmuls
+  in bfloat16, weights and the optimiser float32; backward outside the autocast region, as torch
+  documents."""
+import argparse, contextlib, json, time
 import torch, torchvision
 from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-mode, depth, os_, size, batch, steps = sys.argv[1], *map(int, sys.argv[2:7])
+p = argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+p.add_argument("mode", choices=("inference", "train"))
+for name in ("depth", "os", "size", "batch", "steps"):
+    p.add_argument(name, type=int)
+p.add_argument("--channels-last", action="store_true")
+p.add_argument("--autocast-bf16", action="store_true")
+a = p.parse_args()
 torch.set_num_threads(2)
-rates = [6, 12, 18] if os_ == 16 else [12, 24, 36]
-dil = [False, False, True] if os_ == 16 else [False, True, True]
-backbone = getattr(torchvision.models, f"resnet{depth}")(replace_stride_with_dilation=dil)
+rates = [6, 12, 18] if a.os == 16 else [12, 24, 36]
+dil = [False, False, True] if a.os == 16 else [False, True, True]
+backbone = getattr(torchvision.models, f"resnet{a.depth}")(replace_stride_with_dilation=dil)
 body = nn.Sequential(*list(backbone.children())[:-2])
 aspp = ASPP(2048, rates, 256)
 aspp.project[-1] = nn.Identity()  # no dropout, as in the paper
@@ -22,18 +36,28 @@ class Net(nn.Module):
         y = s.head(s.aspp(s.body(x)))
         return nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 net = Net()
-x = torch.randn(batch, 3, size, size)
-y = torch.randint(0, 21, (batch, size, size))
+x = torch.randn(a.batch, 3, a.size, a.size)
+y = torch.randint(0, 21, (a.batch, a.size, a.size))
+if a.channels_last:
+    net = net.to(memory_format=torch.channels_last)
+    x = x.to(memory_format=torch.channels_last)
 opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+def precision():
+    return (torch.autocast("cpu", dtype=torch.bfloat16) if a.autocast_bf16
+            else contextlib.nullcontext())
 def step():
-    if mode == "inference":
-        with torch.inference_mode():
+    if a.mode == "inference":
+        with torch.inference_mode(), precision():
             net.eval(); net(x)
     else:
-        net.train(); opt.zero_grad(); nn.functional.cross_entropy(net(x), y, ignore_index=255).backward(); opt.step()
+        net.train(); opt.zero_grad()
+        with precision():
+            loss = nn.functional.cross_entropy(net(x), y, ignore_index=255)
+        loss.backward(); opt.step()
 step(); step()
 ts = []
-for _ in range(steps):
+for _ in range(a.steps):
     t = time.perf_counter(); step(); ts.append(time.perf_counter() - t)
 ts.sort()
-print(json.dumps({"framework": "torchvision", "mode": mode, "seconds_per_step": ts[len(ts) // 2]}))
+print(json.dumps({"framework": "torchvision", "mode": a.mode, "channels_last": a.channels_last,
+                  "autocast_bf16": a.autocast_bf16, "seconds_per_step": ts[len(ts) // 2]}))

@@ -14,6 +14,18 @@ one JSON line with what the test asserts on:
   compare something that moved);
 - `losses`: the mirrored model's loss over further steps on the same batch.
 
+`python3 tests/mirrored_checks.py precision`: the same model and batch under 2 replicas; prints one
+JSON line:
+- `bfloat16_losses`: the losses of bfloat16 steps with synchronised batch norm;
+- `bfloat16_dtypes`: the dtypes of every variable's copies on both replicas;
+- `bfloat16_replicas`: the largest weight difference between the two replicas after those steps;
+- `skips`: with a loss scale starting at 2^120, float32 compute, batch norm per replica, replica 0
+  given only ignored labels (its gradient is weight decay alone, below `replica0_gradient_bound`,
+  finite) and replica 1 the labelled half (its backward pass overflows): for each step until
+  the first applied one, [global step, loss scale on replica 0, on replica 1, largest weight
+  change from the start on replica 0, on replica 1];
+- `applied_replicas`: the largest weight difference between the replicas after the applied step.
+
 `python3 tests/mirrored_checks.py batch_norm`: one synchronised `BatchNorm` on activations of mean
 1e3 and spread ~1, half of the batch per replica; prints one JSON line (relative errors are the
 largest over the channels):
@@ -26,6 +38,7 @@ largest over the channels):
 - `output_error`, `gradient_error`: largest absolute error of the normalised outputs and of the
   input gradient of sum(outputs * upstream), against the float64 reference.
 """
+import dataclasses
 import json
 import os
 import sys
@@ -208,8 +221,57 @@ def batch_norm_check():
     }))
 
 
+def precision_check():
+    from libs.training.loss_scale import DynamicLossScale
+    strategy = mirrored_strategy(cpu_devices=2)
+    config = config_lib.TrainConfig(num_layers=50, num_classes=21, batch_size=BATCH,
+                                    input_size=SIZE, learning_rate=0.01, num_steps=1000,
+                                    bn_decay=0.5, sync_bn=True, precision='bfloat16')
+    model, train_step, iterator = build(config, strategy)
+    losses = [float(train_step(iterator)[0]) for _ in range(3)]
+    copies = [strategy.experimental_local_results(v) for v in model.variables]
+    result = {
+        'replicas': strategy.num_replicas_in_sync,
+        'bfloat16_losses': losses,
+        'bfloat16_dtypes': sorted({c.dtype.name for pair in copies for c in pair}),
+        'bfloat16_replicas': max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                                 for a, b in (strategy.experimental_local_results(v)
+                                              for v in model.trainable_variables)),
+    }
+
+    config = dataclasses.replace(config, precision='float32', sync_bn=False)
+    images, labels = fixed_batch()
+    labels[:BATCH // 2] = 255
+    with strategy.scope():
+        model = checkpoints.build_model(config, strategy.num_replicas_in_sync)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False,
+                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        optimizer = build_optimizer(config, step)
+        loss_scale = DynamicLossScale(initial_scale=2.0 ** 120, growth_interval=3)
+    train_step = build_train_step(model, optimizer, step, strategy, config, loss_scale)
+    iterator = iter(tf.data.Dataset.from_tensors((images, labels)).repeat())
+    initial = [v.numpy() for v in model.trainable_variables]
+    result['replica0_gradient_bound'] = (config.weight_decay * 2.0 ** 120 / 2 * max(
+        float(np.max(np.abs(w))) for w in initial))
+
+    def changes(replica):
+        return max(float(np.max(np.abs(np.asarray(strategy.experimental_local_results(v)[replica])
+                                       - w)))
+                   for v, w in zip(model.trainable_variables, initial))
+
+    result['skips'] = []
+    while int(step.numpy()) == 0 and len(result['skips']) < 30:
+        train_step(iterator)
+        scales = [float(s) for s in strategy.experimental_local_results(loss_scale.scale)]
+        result['skips'].append([int(step.numpy())] + scales + [changes(0), changes(1)])
+    result['applied_replicas'] = max(
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+        for a, b in (strategy.experimental_local_results(v) for v in model.trainable_variables))
+    print(json.dumps(result))
+
+
 if __name__ == '__main__':
-    checks = {'step': step_check, 'batch_norm': batch_norm_check}
+    checks = {'step': step_check, 'batch_norm': batch_norm_check, 'precision': precision_check}
     if len(sys.argv) != 2 or sys.argv[1] not in checks:
         sys.exit(f'usage: {sys.argv[0]} {"|".join(checks)}')
     checks[sys.argv[1]]()

@@ -7,14 +7,14 @@ import sys
 import pytest
 import tensorflow as tf
 
-from libs.utils.flops import count_flops, cpu_peak
+from libs.utils.flops import count_flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--num-layers', '50', '--input-size', '65', '--steps', '2', '--warmup', '1',
-        '--num-images', '6', '--json']
+        '--num-images', '6', '--ceiling-size', '128', '--json']
 MODE_ARGS = {
     'inference': ['--scales', '0.5,1.0', '--flip'],
-    'train': ['--batch-size', '2'],
+    'train': ['--batch-size', '2', '--precision', 'bfloat16'],
     'input': ['--batch-size', '2'],
     'convert': [],
 }
@@ -39,15 +39,19 @@ def test_benchmark_reports_positive_figures(mode):
     assert len(result['step_times']) == 2
     assert result['device'].startswith(('CPU', 'GPU'))
     assert result['tf_version'] == tf.__version__
-    assert result['cpu_peak_gflops'] > 0 and 'FLOP/cycle' in result['cpu_peak_assumption']
     assert result['peak_rss_mb'] > 0
     if mode in ('inference', 'train'):
         assert result['gflops_per_image'] > 0 and result['achieved_gflops_per_sec'] > 0
-        assert result['percent_of_peak'] == pytest.approx(
-            100 * result['achieved_gflops_per_sec'] / result['cpu_peak_gflops'])
+        # The share is of the ceiling measured in the precision the step ran in (train:
+        # bfloat16), and both ceilings are measured in the same run.
+        ceilings = result['matmul_ceilings_gflops']
+        assert set(ceilings) == {'float32', 'bfloat16'} and min(ceilings.values()) > 0
+        assert result['ceiling_gflops'] == ceilings[result['precision']]
+        assert result['percent_of_ceiling'] == pytest.approx(
+            100 * result['achieved_gflops_per_sec'] / ceilings[result['precision']])
         assert result['trace_count'] >= 1 and not result['retraced_while_timing']
     else:
-        assert result['gflops_per_image'] is None
+        assert result['gflops_per_image'] is None and result['matmul_ceilings_gflops'] is None
     if mode == 'inference':
         # The evaluate path is one trace for all scales and the flip.
         assert result['trace_count'] == 1 and result['fold_bn']
@@ -56,6 +60,10 @@ def test_benchmark_reports_positive_figures(mode):
     if mode == 'train':
         # Forward + backward costs more than the forward pass alone.
         assert result['gflops_per_image'] > 2 * result['forward_gflops_per_image'] > 0
+        assert result['precision'] == 'bfloat16'
+        assert result['percent_of_ceiling_at_3x_forward'] == pytest.approx(
+            300 * result['forward_gflops_per_image'] * result['images_per_sec']
+            / ceilings['bfloat16'])
 
 
 @pytest.mark.slow
@@ -78,16 +86,17 @@ def test_train_step_under_the_mirrored_strategy():
     assert result['images_per_sec'] > 0 and not result['retraced_while_timing']
 
 
-def test_no_cpu_peak_on_a_gpu():
+def test_precision_refusals(capsys):
+    """float16 without a GPU: one line, exit 1, before any work; --precision where no network
+    runs: argparse's refusal."""
     import benchmark
-    peak = {'peak_gflops': 300.0, 'assumption': '2 cores x 64 FLOP/cycle x 2.3 GHz'}
-    on_gpu = benchmark.peak_figures(peak, 1500.0, '/physical_device:GPU:0')
-    assert on_gpu['cpu_peak_gflops'] is None and on_gpu['percent_of_peak'] is None
-    assert 'ran on /physical_device:GPU:0' in on_gpu['cpu_peak_assumption']
-    on_cpu = benchmark.peak_figures(peak, 150.0, None)
-    assert on_cpu == {'cpu_peak_gflops': 300.0, 'cpu_peak_assumption': peak['assumption'],
-                      'percent_of_peak': 50.0}
-    assert 'percent_of_peak' not in benchmark.peak_figures(peak, None, None)
+    assert benchmark.main(['--mode', 'train', '--precision', 'float16']) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: --precision float16 needs a GPU'), err
+    with pytest.raises(SystemExit) as exit_status:
+        benchmark.main(['--mode', 'input', '--precision', 'bfloat16'])
+    assert exit_status.value.code == 2
+    assert 'error: --precision is for --mode inference and train' in capsys.readouterr().err
 
 
 def test_flop_count_of_a_convolution_is_two_per_multiply_add():
@@ -95,14 +104,3 @@ def test_flop_count_of_a_convolution_is_two_per_multiply_add():
     conv = tf.function(lambda x: tf.nn.conv2d(x, kernel, 1, 'SAME', dilations=2))
     flops = count_flops(conv.get_concrete_function(tf.TensorSpec([2, 10, 12, 3 + 5])))
     assert flops == 2 * (2 * 10 * 12 * 16) * (3 * 3 * 8)
-
-
-def test_cpu_peak_follows_the_flags(tmp_path):
-    cpuinfo = tmp_path / 'cpuinfo'
-    cpuinfo.write_text('processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n'
-                       'model name\t: Test CPU\ncpu MHz\t\t: 2500.000\n'
-                       'flags\t\t: fpu sse avx avx2 fma\n\nprocessor\t: 1\n')
-    peak = cpu_peak(num_cores=2, cpuinfo=str(cpuinfo))
-    assert peak['isa'] == 'avx2_fma' and peak['flop_per_cycle'] == 32
-    assert peak['peak_gflops'] == pytest.approx(2 * 32 * 2.5)
-    assert peak['cpu'] == 'Test CPU'

@@ -21,6 +21,7 @@ from libs.datasets import input_pipeline, tfrecord
 from libs.evaluation.metrics import iou_from_confusion
 from libs.runs import checkpoints, record
 from libs.evaluation.prediction import class_names_of
+from libs.training import loss_scale as loss_scale_lib
 from libs.training import summaries
 from libs.training.class_weights import format_class_weights
 from libs.training.schedules import poly_learning_rate
@@ -50,7 +51,13 @@ def _initialise(config, model, manager, log):
         True when resuming this snapshot dir's own checkpoint.
     """
     if manager.latest_checkpoint:
-        manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        restored = manager.checkpoint
+        if (getattr(restored, 'loss_scale', None) is not None
+                and not loss_scale_lib.saved_in(manager.latest_checkpoint)):
+            # A run trained in another precision has no loss scale: it starts afresh.
+            restored = tf.train.Checkpoint(model=restored.model, optimizer=restored.optimizer,
+                                           step=restored.step)
+        restored.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         log(f'Resuming from {manager.latest_checkpoint} at step '
             f'{int(manager.checkpoint.step.numpy())}')
         return True
@@ -168,7 +175,11 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step',
                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         optimizer = build_optimizer(config, step)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+        # float16 gradients need loss scaling; bfloat16 has float32's range and needs none.
+        loss_scale = (loss_scale_lib.DynamicLossScale() if config.precision == 'float16'
+                      else None)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step,
+                                     **({'loss_scale': loss_scale} if loss_scale else {}))
     manager = tf.train.CheckpointManager(checkpoint, config.snapshot_dir, config.max_to_keep,
                                          checkpoint_name=CHECKPOINT_NAME)
     resuming = _initialise(config, model, manager, log)
@@ -209,7 +220,7 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
         iterator = iter(dataset_fn(tf.distribute.InputContext(),
                                    start_example=start_step * config.batch_size))
 
-    train_step = build_train_step(model, optimizer, step, strategy, config)
+    train_step = build_train_step(model, optimizer, step, strategy, config, loss_scale)
 
     queue = validation = None
     if coordinator is None:
@@ -245,11 +256,16 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
             current = int(step.numpy())
         for loss, confusion, at in results:
             loss_value = float(loss)
-            if not math.isfinite(loss_value):
+            # With loss scaling a non-finite step is skipped, and `divergence` decides below.
+            if not math.isfinite(loss_value) and loss_scale is None:
                 raise TrainingDiverged(
                     f'loss is {loss_value} at step {at or current}; stopped without saving. The '
                     f'last good checkpoint is {manager.latest_checkpoint}')
             confusion_sum += np.asarray(confusion, np.int64)
+        if loss_scale is not None and loss_scale.divergence():
+            raise TrainingDiverged(
+                f'{loss_scale.divergence()} at {_steps(previous + 1, current + 1)}; stopped '
+                f'without saving. The last good checkpoint is {manager.latest_checkpoint}')
         timer.count(current - previous)
         if _crossed(previous, current, config.log_every) or current >= config.num_steps:
             images_per_sec = timer.lap(config.batch_size)
@@ -263,7 +279,7 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
             eta = (config.num_steps - current) * config.batch_size / max(images_per_sec, 1e-9)
             train_miou = iou_from_confusion(confusion_sum)['miou']
             reporter.log_progress(current, loss_value, lr, images_per_sec, eta, train_miou,
-                                  workers_busy)
+                                  loss_scale, workers_busy)
             confusion_sum[:] = 0
         if _crossed(previous, current, config.save_pred_every) or current >= config.num_steps:
             if not _all_finite(model.variables):

@@ -8,6 +8,7 @@ import tensorflow as tf
 from libs.runs import checkpoints, leftovers, lock
 from libs.training.loop import TrainingDiverged, train
 from libs.training.step import describe_label_error
+from libs.utils.precision import compute_dtype
 
 
 def _interrupted_line(snapshot_dir):
@@ -29,6 +30,11 @@ def run_training(config, strategy=None, coordinator=None):
     Statuses: 0 done, 1 refused (bad input, the folder in use, a file-system fault), 2 diverged,
     130 interrupted (Ctrl-C).
     """
+    try:
+        compute_dtype(config.precision)  # float16 without a GPU: refused before anything runs
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
     try:
         with lock.hold(config.snapshot_dir, 'training'):
             leftovers.remove_leftovers(config.snapshot_dir, _log)

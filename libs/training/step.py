@@ -11,8 +11,10 @@ import re
 import tensorflow as tf
 
 from libs.evaluation.metrics import confusion_matrix
+from libs.training.loss_scale import unscaled_gradients
 from libs.training.losses import masked_cross_entropy_sum, weight_decay_loss
 from libs.training.schedules import poly_learning_rate
+from libs.utils.precision import compute_dtype
 
 
 # Tags the assertion of `check_labels` so that `describe_label_error` can tell it from others.
@@ -82,7 +84,7 @@ def split_over_replicas(strategy, batch):
         for slices in parts)
 
 
-def build_train_step(model, optimizer, global_step, strategy, config):
+def build_train_step(model, optimizer, global_step, strategy, config, loss_scale=None):
     """A `tf.function(iterator, limit=None) -> (loss, confusion)` that takes one batch and applies
     one update.
 
@@ -91,6 +93,19 @@ def build_train_step(model, optimizer, global_step, strategy, config):
     iterator, as `ParameterServerStrategy`'s per-worker datasets). The training loop gives local
     strategies a plain iterator: a live distributed dataset (its MultiDeviceIterator) slows every
     step on CPU, even while idle (docs/performance.md).
+
+    The network computes in `config.precision`: the images are cast to it, and each layer casts
+    its float32 variables to it where it uses them, so their gradients come back float32. The
+    logits' upsampling (ResizeBilinear returns float32), the loss, softmax and confusion matrix
+    are float32.
+
+    With `loss_scale` (float16 training) the gradients are those of the loss times its scale,
+    divided by it again (`loss_scale.unscaled_gradients`). The update is skipped when any
+    replica's gradient or loss is not finite: the replicas' non-finite counts are summed (an
+    all-reduce), and one verdict, taken outside the replicas, applies the update on all of them
+    or on none. A skipped step leaves the weights, the momentum and the global step unchanged;
+    `loss_scale.update` halves the scale then (and grows it after enough finite steps). Its loss
+    and confusion matrix are still returned.
 
     With `limit` (an int64 scalar tensor) the step runs only while `global_step < limit` and
     returns `(loss, confusion, applied)`; a skipped step returns a zero loss and confusion and
@@ -105,15 +120,21 @@ def build_train_step(model, optimizer, global_step, strategy, config):
         optimizer: from `build_optimizer`.
         global_step: int64 variable, incremented once per applied update.
         strategy: the strategy the model was created under.
-        config: `TrainConfig` (num_classes, ignore_label, class_weight_values, weight_decay).
+        config: `TrainConfig` (num_classes, ignore_label, class_weight_values, weight_decay,
+            precision).
+        loss_scale: a `loss_scale.DynamicLossScale` created under `strategy`'s scope, or None.
     Returns:
         The step function. Its outputs are the global batch's loss (scalar float32, weight decay
         included) and its confusion matrix (int64 [C, C]) of the training predictions.
+    Raises:
+        ValueError: float16 without a GPU (`precision.compute_dtype`).
     """
+    dtype = compute_dtype(config.precision)
 
     def step_fn(images, labels):
         replica = tf.distribute.get_replica_context()
         labels = check_labels(labels, config.num_classes, config.ignore_label)
+        images = tf.cast(images, dtype)
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             loss_sum, weight_sum, logits = masked_cross_entropy_sum(
@@ -123,15 +144,34 @@ def build_train_step(model, optimizer, global_step, strategy, config):
                     + weight_decay_loss(model.regularized_variables, config.weight_decay)
                     / replica.num_replicas_in_sync)
         variables = model.trainable_variables
-        gradients = tape.gradient(loss, variables)
-        # The v1 optimiser sums gradients over replicas: each already carries its share.
-        optimizer.apply_gradients(zip(gradients, variables), global_step=global_step)
         predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        return loss, confusion_matrix(labels, predictions, config.num_classes,
-                                      config.ignore_label)
+        confusion = confusion_matrix(labels, predictions, config.num_classes, config.ignore_label)
+        if loss_scale is not None:
+            return (loss, confusion) + unscaled_gradients(tape, loss, variables, loss_scale)
+        gradients = tape.gradient(loss, variables)
+        apply(gradients)
+        return loss, confusion
+
+    def apply(gradients):
+        # The v1 optimiser sums gradients over replicas: each already carries its share.
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables),
+                                  global_step=global_step)
 
     def run(images, labels):
-        loss, confusion = strategy.run(step_fn, args=(images, labels))
+        if loss_scale is None:
+            loss, confusion = strategy.run(step_fn, args=(images, labels))
+        else:
+            loss, confusion, gradients, non_finite = strategy.run(step_fn, args=(images, labels))
+            # One verdict for every replica, after summing their counts.
+            finite = tf.equal(strategy.reduce(tf.distribute.ReduceOp.SUM, non_finite, axis=None),
+                              0)
+
+            def update():
+                strategy.run(apply, args=(gradients,))
+                return tf.constant(True)
+
+            tf.cond(finite, update, lambda: tf.constant(False))
+            loss_scale.update(finite)
         return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
                 strategy.reduce(tf.distribute.ReduceOp.SUM, confusion, axis=None))
 

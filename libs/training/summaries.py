@@ -78,17 +78,20 @@ class Reporter:
         self.image_files = val_files or train_files
 
     def log_progress(self, step, loss, lr, images_per_sec, eta_seconds, train_miou,
-                     workers_busy=None):
+                     loss_scale=None, workers_busy=None):
         """One progress line and the same values in TensorBoard.
 
         Args:
+            loss_scale: a `loss_scale.DynamicLossScale` (float16 training): its scale and the
+                steps it skipped so far are shown.
             workers_busy: parameter-server training: the share of the interval the workers spent
                 running steps, or None.
         """
         busy = '' if workers_busy is None else f'  workers busy {workers_busy:.0%}'
         self.log(f'step {step}/{self.config.num_steps}  loss {loss:.4f}  lr {lr:.6f}  '
                  f'{images_per_sec:.2f} img/s  train mIoU {train_miou:.3f}  '
-                 f'ETA {format_eta(eta_seconds)}{busy}')
+                 + (f'{loss_scale.describe()}  ' if loss_scale is not None else '')
+                 + f'ETA {format_eta(eta_seconds)}{busy}')
         with self.writer.as_default(step=step):
             tf.summary.scalar('loss', loss)
             tf.summary.scalar('learning_rate', lr)
@@ -97,6 +100,8 @@ class Reporter:
                 tf.summary.scalar('workers_busy', workers_busy)
             if np.isfinite(train_miou):
                 tf.summary.scalar('train_miou', train_miou)
+            if loss_scale is not None:
+                tf.summary.scalar('skipped_steps', loss_scale.skipped.numpy())
         self.writer.flush()
 
     def checkpoint_saved(self, step, checkpoint_path):
