@@ -1,6 +1,7 @@
 """The one training loop. It runs under the default strategy (train.py), `MirroredStrategy`
-(train_multi_gpu.py) and `ParameterServerStrategy` with a `ClusterCoordinator`
-(train_distributed.py); the scripts only choose the strategy.
+(train_multi_gpu.py), `ParameterServerStrategy` with a `ClusterCoordinator` and
+`MultiWorkerMirroredStrategy` (train_distributed.py --mode async|sync); the scripts only choose
+the strategy.
 
 It restores or initialises the model, runs the step of `step.py` until the global step reaches
 `num_steps`, logs, checkpoints and validates.
@@ -27,6 +28,20 @@ CHECKPOINT_NAME = 'model'
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+class Stopped(RuntimeError):
+    """A worker asked the run to stop (SIGTERM); the checkpoint of the step it stopped at was
+    saved.
+
+    Attributes:
+        step: the global step of that checkpoint.
+        checkpoint: its prefix (None on a worker that does not write).
+    """
+
+    def __init__(self, step, checkpoint):
+        super().__init__(f'stopped at step {step}')
+        self.step, self.checkpoint = step, checkpoint
 
 
 @dataclasses.dataclass
@@ -116,7 +131,8 @@ def _per_worker_seed(seed):
     return tf.constant(seed, tf.int64) + micros
 
 
-def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = print):
+def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = print,
+          writes=True, stop: Optional[Callable[[], bool]] = None):
     """Trains `config` under `strategy` until the global step reaches `config.num_steps`.
 
     A run resumed from its snapshot dir's checkpoint at step k continues the input stream with
@@ -130,10 +146,18 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
         coordinator: a `ClusterCoordinator` for `ParameterServerStrategy`; steps are then
             scheduled asynchronously on the workers.
         log: where progress lines go (only the process running this loop logs).
+        writes: whether this process writes the snapshot dir (config.json, checkpoints,
+            TensorBoard). Under `MultiWorkerMirroredStrategy` only worker 0 does; the others
+            still take part in every save, since reading batch norm's synchronised-on-read
+            statistics is an all-reduce over every worker, and discard what they saved.
+        stop: called after every step; True saves a checkpoint of that step and raises
+            `Stopped`. Under `MultiWorkerMirroredStrategy` every worker must get the same
+            answer after the same step (`multi_worker.StopSignal`).
     Returns:
         `TrainResult`.
     Raises:
         TrainingDiverged: when the loss is NaN or Inf; the message names the step.
+        Stopped: `stop` returned True.
         ValueError: a batch that does not split over the replicas, a snapshot dir whose run
             had another architecture or settings that a resume may not change.
     """
@@ -164,10 +188,10 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
     if start_step >= config.num_steps:
         log(f'Already at step {start_step} of {config.num_steps}: nothing to train')
         return TrainResult(start_step, manager.latest_checkpoint, None, None)
-    if not resuming or not os.path.isfile(os.path.join(config.snapshot_dir,
-                                                       config_lib.CONFIG_FILE)):
+    if writes and (not resuming or not os.path.isfile(os.path.join(config.snapshot_dir,
+                                                                    config_lib.CONFIG_FILE))):
         config_lib.write_config(config, config.snapshot_dir)
-    elif changed:
+    elif writes and changed:
         recorded = config_lib.write_config(config, config.snapshot_dir,
                                            f'config-step-{start_step}.json')
         log(f'Resuming with {", ".join("--" + n.replace("_", "-") for n in changed)} changed: '
@@ -199,7 +223,10 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
 
     train_step = build_train_step(model, optimizer, step, strategy, config)
 
-    reporter = summaries.Reporter(config, model, strategy, val_files, train_files, log)
+    reporter = (summaries.Reporter(config, model, strategy, val_files, train_files, log)
+                if writes else None)
+    save = (manager.save if writes
+            else lambda checkpoint_number: checkpoints.write_and_discard(checkpoint))
     log(f'Training {config.split_name} ({len(train_files)} shards) on {replicas} replica(s), '
         f'steps {start_step} -> {config.num_steps}, global batch {config.batch_size}')
 
@@ -229,7 +256,9 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
                     f'saving. The last good checkpoint is {manager.latest_checkpoint}')
             confusion_sum += np.asarray(confusion, np.int64)
         timer.count(current - previous)
-        if _crossed(previous, current, config.log_every) or current >= config.num_steps:
+        stopping = stop is not None and stop() and current < config.num_steps
+        if reporter and (_crossed(previous, current, config.log_every)
+                         or current >= config.num_steps):
             images_per_sec = timer.lap(config.batch_size)
             lr = float(poly_learning_rate(current, config.learning_rate, config.num_steps,
                                           config.power))
@@ -237,16 +266,21 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
             train_miou = iou_from_confusion(confusion_sum)['miou']
             reporter.log_progress(current, loss_value, lr, images_per_sec, eta, train_miou)
             confusion_sum[:] = 0
-        if _crossed(previous, current, config.save_pred_every) or current >= config.num_steps:
+        if (_crossed(previous, current, config.save_pred_every) or current >= config.num_steps
+                or stopping):
             if not _all_finite(model.variables):
                 raise TrainingDiverged(
                     f'weights became NaN or Inf at {_steps(finite_step + 1, current)} (they '
                     f'are checked before each save); stopped without saving. The last '
                     f'good checkpoint is {manager.latest_checkpoint}')
             with timer.paused():
-                manager.save(checkpoint_number=current)
-                val_miou = reporter.checkpoint_saved(current, manager.latest_checkpoint)
+                save(checkpoint_number=current)
+                if stopping:
+                    raise Stopped(current, manager.latest_checkpoint if writes else None)
+                if reporter:
+                    val_miou = reporter.checkpoint_saved(current, manager.latest_checkpoint)
             finite_step = current
+    saved = manager.latest_checkpoint if writes else None
     log(f'Done: step {current} in {time.time() - run_start:.0f} s, checkpoint '
-        f'{manager.latest_checkpoint}')
-    return TrainResult(current, manager.latest_checkpoint, loss_value, val_miou)
+        f'{saved or "written by worker 0"}')
+    return TrainResult(current, saved, loss_value, val_miou)
