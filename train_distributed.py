@@ -3,7 +3,7 @@ synchronously (--mode sync, MultiWorkerMirroredStrategy).
 
 --mode sync: start the same command on every worker, each with its own --task-index:
 
-    .venv/bin/python train_distributed.py --mode sync --worker-hosts h1:2222,h2:2222 \
+    .venv/bin/python train_distributed.py --mode sync --worker-hosts h1:2222,h2:2222 \\
         --task-index 0 --data-dir data/records --split-name train_aug --snapshot-dir runs/sync
 
 Every worker runs the training loop on its local GPUs; gradients and batch-norm statistics are
@@ -28,7 +28,7 @@ chief runs the loop and exits when the global step reaches --num-steps. Workers 
 independently against the variables on the ps tasks; each step uses --batch-size images. A worker
 may die and be restarted with the same command; re-running the chief resumes from its last
 checkpoint; the resumed workers read the data in new orders (exact continuation, and
---deterministic, are for train.py and train_multi_gpu.py). See docs/distributed.md.
+--deterministic, are for train.py, train_multi_gpu.py and --mode sync). See docs/distributed.md.
 """
 import json
 import os
@@ -65,7 +65,8 @@ def parse_args(argv=None):
     if args.deterministic:
         parser.error('--deterministic cannot make asynchronous training reproducible: workers '
                      'apply their updates in the order they finish and crop with seeds from '
-                     'their clocks; use train.py or train_multi_gpu.py for a reproducible run')
+                     'their clocks; use --mode sync, train.py or train_multi_gpu.py for a '
+                     'reproducible run')
     # Only the chief writes the snapshot dir; ps and worker tasks write nothing.
     if _job_name(args) == 'chief':
         config_lib.check_outputs(parser, args, folders=('snapshot_dir',))
@@ -141,7 +142,7 @@ def _sync_main(args):
     try:
         return runner.run_training(config, strategy=strategy, writes=index == 0, stop=stop)
     except (OSError, tf.errors.OpError) as e:
-        gone = multi_worker.gone_workers(tf_config)
+        gone = multi_worker.gone_workers(tf_config, e)
         if not gone:
             print(f'error: {filesystem.describe(e)}', file=sys.stderr)
             return 1

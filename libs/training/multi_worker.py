@@ -3,10 +3,11 @@ the devices of several workers, with a stop that every worker agrees on.
 
 Every worker is a peer running the same training loop; worker 0 (the chief) writes the snapshot
 dir. Gradients and synchronised batch-norm statistics are all-reduced over every replica of every
-worker (collective ring all-reduce: it runs on CPUs over gRPC, and on GPUs within a worker).
+worker (TensorFlow's AUTO collectives: NCCL on GPUs, a ring over gRPC on CPUs).
 Errors a user can act on raise `cluster.ClusterError`, whose message names the task and its
 address.
 """
+import re
 import signal
 import socket
 
@@ -17,6 +18,8 @@ from tensorflow.python.eager import context
 from libs.training import cluster
 
 JOB = 'worker'
+# How TensorFlow's errors name a task (the peer of a reset connection, a task without heartbeats).
+_WORKER_IN_MESSAGE = re.compile(r'/job:worker/replica:0/task:(\d+)')
 
 
 def tf_config_from_flags(worker_hosts, task_index):
@@ -89,7 +92,7 @@ def connect(tf_config, connect_timeout, heartbeat_timeout):
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
         tf.train.ClusterSpec({JOB: hosts}), task_type=JOB, task_id=index, rpc_layer='grpc')
     options = tf.distribute.experimental.CommunicationOptions(
-        implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+        implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
     try:
         return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
                                                          communication_options=options)
@@ -103,9 +106,12 @@ def connect(tf_config, connect_timeout, heartbeat_timeout):
                                    f'{e.message.splitlines()[0]}') from None
 
 
-def gone_workers(tf_config):
-    """The indices of the other workers whose port no longer (or not yet) accepts connections."""
+def gone_workers(tf_config, error=None):
+    """The indices of the other workers that are gone: their port no longer (or not yet) accepts
+    connections, or `error` (a collective's `OpError`) names them (a worker that stopped sending
+    heartbeats, or whose connection was reset)."""
     hosts, index = tf_config['cluster'][JOB], tf_config['task']['index']
+    named = {int(i) for i in _WORKER_IN_MESSAGE.findall(str(error or ''))}
     gone = []
     for i, address in enumerate(hosts):
         if i == index:
@@ -114,6 +120,9 @@ def gone_workers(tf_config):
         try:
             socket.create_connection((host.strip('[]'), int(port)), timeout=5).close()
         except OSError:
+            gone.append(i)
+            continue
+        if i in named:
             gone.append(i)
     return gone
 
