@@ -25,29 +25,31 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_STEPS = 10
+NUM_STEPS = 8
 PHASE_TIMEOUT = 400
 STOPPED = 42  # runner.STOPPED, without importing TensorFlow's runner here
 
 
 @pytest.fixture(scope='module')
 def records(tmp_path_factory):
-    """8 train images (4 shards) of 65-97 px."""
+    """8 train images (4 shards) and 1 val image of 65-97 px."""
     from libs.datasets.conversion import convert_split
     from libs.datasets.sample import write_sample_dataset
     root = tmp_path_factory.mktemp('sync_data')
     write_sample_dataset(str(root / 'voc'), num_train=8, num_val=1, size_range=(65, 97), seed=7)
-    convert_split(str(root / 'voc'), 'train', str(root / 'records'), num_shards=4,
-                  num_workers=1, progress=False)
+    for split, shards in (('train', 4), ('val', 1)):
+        convert_split(str(root / 'voc'), split, str(root / 'records'), num_shards=shards,
+                      num_workers=1, progress=False)
     return str(root / 'records')
 
 
 def train_args(records, run_dir):
-    # --bn-decay 0.5: the moving statistics move enough to compare.
+    # --bn-decay 0.5: the moving statistics move enough to compare. The last step's checkpoint
+    # is validated.
     return ['--data-dir', records, '--split-name', 'train', '--num-layers', '50',
             '--batch-size', '2', '--input-size', '33', '--num-steps', str(NUM_STEPS),
             '--bn-decay', '0.5', '--log-every', '1', '--save-pred-every', '1000',
-            '--snapshot-dir', run_dir]
+            '--val-split', 'val', '--snapshot-dir', run_dir]
 
 
 class Launch:
@@ -124,6 +126,36 @@ def checkpoint_step(run_dir):
     return describe_checkpoint(tf.train.latest_checkpoint(run_dir))['global_step']
 
 
+@pytest.mark.parametrize('argv, message', [
+    (['--ps-hosts', '127.0.0.1:2222'], '--ps-hosts is for --mode async'),
+    (['--chief-host', '127.0.0.1:2222'], '--chief-host is for --mode async'),
+    (['--job-name', 'ps'], '--job-name ps: --mode sync runs worker tasks only'),
+])
+def test_sync_mode_refuses_parameter_server_flags(argv, message, capsys):
+    import train_distributed
+    with pytest.raises(SystemExit) as exit_status:
+        train_distributed.parse_args(['--mode', 'sync', '--worker-hosts', '127.0.0.1:2223']
+                                     + argv)
+    assert exit_status.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    # --deterministic is refused in --mode async only: synchronous steps have a fixed order.
+    assert train_distributed.parse_args(['--mode', 'sync', '--deterministic']).deterministic
+
+
+@pytest.mark.parametrize('tf_config, message', [
+    ({'cluster': {'worker': ['a:1'], 'ps': ['b:2']}, 'task': {'type': 'worker', 'index': 0}},
+     "the cluster has jobs ['ps']: --mode sync takes workers only"),
+    ({'cluster': {'worker': ['a:1', 'a:1']}, 'task': {'type': 'worker', 'index': 1}},
+     'a:1 is listed for both worker 0 and worker 1'),
+    ({'cluster': {'worker': ['a:1']}, 'task': {'type': 'worker', 'index': 1}},
+     '--task-index 1 is out of range: the cluster has 1 worker task(s) (a:1)'),
+])
+def test_sync_cluster_is_checked_before_it_starts(tf_config, message):
+    from libs.training import multi_worker
+    with pytest.raises(ValueError, match=re.escape(message)):
+        multi_worker.validate(tf_config)
+
+
 @pytest.mark.slow
 def test_sync_workers_stop_together_name_a_lost_worker_resume_and_equal_one_process(
         records, tmp_path):
@@ -176,6 +208,8 @@ def test_sync_workers_stop_together_name_a_lost_worker_resume_and_equal_one_proc
         assert status == 0, output[-4000:]
         assert f'Resuming from {prefix} at step {stopped}' in output
         assert f'Done: step {NUM_STEPS}' in output
+        # Worker 0 validated (a copy of the model loaded from the checkpoint it saved).
+        assert re.search(rf'^step {NUM_STEPS}  val mIoU \S+ over 1 images', output, re.M), output
         assert checkpoint_step(run_dir) == NUM_STEPS
     finally:
         for one in launches:
