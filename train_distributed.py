@@ -53,8 +53,8 @@ def parse_args(argv=None):
     g.add_argument('--worker-hosts', help='host:port,... of the worker tasks')
     g.add_argument('--chief-host', help='host:port of the chief')
     g.add_argument('--connect-timeout', type=config_lib.positive_float, default=300.0,
-                   help='seconds the chief waits for every ps and worker to accept connections '
-                        '(--mode sync: every worker waits for all the others to join)')
+                   help='--mode async: seconds the chief waits for every ps and worker to accept '
+                        'connections')
     g.add_argument('--heartbeat-timeout', type=config_lib.positive_float, default=30.0,
                    help='--mode sync: seconds after which a worker that stopped answering counts '
                         'as lost and the others stop')
@@ -129,7 +129,7 @@ def _sync_main(args):
     print(f'worker {index} at {workers[index]} (cluster from {source}): waiting for '
           f'{len(workers)} worker(s) to join', flush=True)
     try:
-        strategy = multi_worker.connect(tf_config, args.connect_timeout, args.heartbeat_timeout)
+        strategy = multi_worker.connect(tf_config, args.heartbeat_timeout)
     except cluster.ClusterError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

@@ -64,21 +64,22 @@ def validate(tf_config):
     return tf_config
 
 
-def connect(tf_config, connect_timeout, heartbeat_timeout):
+def connect(tf_config, heartbeat_timeout):
     """This worker's `MultiWorkerMirroredStrategy`, once every worker has joined.
 
-    Must run before anything else initialises TensorFlow in this process. The coordination
-    service (hosted by worker 0) then watches every worker's heartbeat: when one stops answering
-    for `heartbeat_timeout` seconds, the collective operations of the others fail instead of
-    waiting for it forever. No timeout is set on the collectives themselves, so that the others
-    may wait as long as the chief validates.
+    Must run before anything else initialises TensorFlow in this process. It waits for the other
+    workers without end, holding Python's interpreter lock and deaf to SIGTERM (TensorFlow 2.21
+    ignores the coordination service's registration timeout here, and a Python watchdog thread
+    never runs; measured). The coordination service (hosted by worker 0) then watches every worker's
+    heartbeat: when one stops answering for `heartbeat_timeout` seconds, the collective
+    operations of the others fail instead of waiting for it forever. No timeout is set on the
+    collectives themselves, so that the others may wait as long as the chief validates.
 
     Args:
         tf_config: from `tf_config_from_flags` or `cluster.read_tf_config` + `validate`.
-        connect_timeout: seconds to wait for every worker to join.
         heartbeat_timeout: seconds after which a silent worker counts as lost.
     Raises:
-        ClusterError: the port is in use, or the workers did not all join in time.
+        ClusterError: the port is in use, or TensorFlow could not set up the cluster.
     """
     hosts, index = tf_config['cluster'][JOB], tf_config['task']['index']
     cluster.check_port_free(hosts[index], cluster.task_name(JOB, index))
@@ -86,7 +87,6 @@ def connect(tf_config, connect_timeout, heartbeat_timeout):
         service_type='standalone', service_leader=f'/job:{JOB}/replica:0/task:0',
         coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name=JOB,
                                                                  num_tasks=len(hosts))],
-        cluster_register_timeout_in_ms=int(connect_timeout * 1000),
         heartbeat_timeout_in_ms=int(heartbeat_timeout * 1000),
         shutdown_barrier_timeout_in_ms=int(heartbeat_timeout * 1000))
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
@@ -97,11 +97,6 @@ def connect(tf_config, connect_timeout, heartbeat_timeout):
         return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
                                                          communication_options=options)
     except tf.errors.OpError as e:
-        missing = gone_workers(tf_config)
-        if missing:
-            raise cluster.ClusterError(
-                f'{describe_workers(tf_config, missing)} did not join within {connect_timeout:.0f}'
-                ' s: start it with the same --worker-hosts and its --task-index') from None
         raise cluster.ClusterError(f'worker {index} could not join the cluster: '
                                    f'{e.message.splitlines()[0]}') from None
 
