@@ -3,16 +3,16 @@
 --mode async (default): ps and worker tasks in the background, then the chief in the foreground;
 the tasks it started are stopped when the chief exits.
 
-    .venv/bin/python launch_local_cluster.py --num-workers 2 -- --data-dir data/records \
-        --split-name train --num-layers 50 --batch-size 4 --input-size 97 --num-steps 200 \
+    .venv/bin/python launch_local_cluster.py --num-workers 2 -- --data-dir data/records \\
+        --split-name train --num-layers 50 --batch-size 4 --input-size 97 --num-steps 200 \\
         --snapshot-dir runs/ps
 
 --mode sync: N peer workers (MultiWorkerMirroredStrategy), worker 0 in the foreground, the others
 in the background with their output in --log-dir; the launcher exits with worker 0's status once
 every worker has ended.
 
-    .venv/bin/python launch_local_cluster.py --mode sync --num-workers 2 -- \
-        --data-dir data/records --split-name train --num-layers 50 --batch-size 4 \
+    .venv/bin/python launch_local_cluster.py --mode sync --num-workers 2 -- \\
+        --data-dir data/records --split-name train --num-layers 50 --batch-size 4 \\
         --input-size 97 --num-steps 200 --snapshot-dir runs/sync
 
 Everything after `--` goes to the chief (every worker in --mode sync); those flags are checked
@@ -69,10 +69,9 @@ def task_command(job, index, hosts):
     return [sys.executable, SCRIPT, '--job-name', job, '--task-index', str(index)] + hosts
 
 
-def sync_worker_command(index, num_workers, ports=None):
-    """The command of worker `index` of a synchronous loopback cluster (without training flags);
-    `ports` are the workers' ports, all of them the same in every worker's command."""
-    ports = ports or free_ports(num_workers)
+def sync_worker_command(index, ports):
+    """The command of worker `index` of a synchronous loopback cluster whose workers listen on
+    `ports` (without training flags)."""
     hosts = ','.join(f'127.0.0.1:{p}' for p in ports)
     return [sys.executable, SCRIPT, '--mode', 'sync', '--worker-hosts', hosts,
             '--task-index', str(index)]
@@ -114,7 +113,7 @@ def run_sync(num_workers, log_dir, training_args):
     """Starts `num_workers` synchronous workers, worker 0 in the foreground; returns its exit
     status once every worker has ended."""
     ports = free_ports(num_workers)
-    commands = [sync_worker_command(i, num_workers, ports) + training_args
+    commands = [sync_worker_command(i, ports) + training_args
                 for i in range(num_workers)]
     train_distributed.parse_args(commands[0][2:])  # the flags, before any worker starts
     os.makedirs(log_dir, exist_ok=True)
