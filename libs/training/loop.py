@@ -215,9 +215,11 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
             lambda: strategy.distribute_datasets_from_function(
                 lambda context: dataset_fn(context, seed=_per_worker_seed(config.random_seed)))))
     else:
-        # One pipeline of global batches, which the step splits over the local replicas (see
+        # One pipeline of global batches, which the step splits over the replicas (see
         # `build_train_step` for why not a distributed dataset); a resumed run continues the
-        # stream after the batches of its first `start_step` steps.
+        # stream after the batches of its first `start_step` steps. Under
+        # MultiWorkerMirroredStrategy every worker reads this same stream and trains on its
+        # replicas' slices of each batch.
         iterator = iter(dataset_fn(tf.distribute.InputContext(),
                                    start_example=start_step * config.batch_size))
 
