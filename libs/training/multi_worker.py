@@ -68,9 +68,9 @@ def connect(tf_config, heartbeat_timeout):
     """This worker's `MultiWorkerMirroredStrategy`, once every worker has joined.
 
     Must run before anything else initialises TensorFlow in this process. It waits for the other
-    workers without end, holding Python's interpreter lock and deaf to SIGTERM (TensorFlow 2.21
-    ignores the coordination service's registration timeout here, and a Python watchdog thread
-    never runs; measured). The coordination service (hosted by worker 0) then watches every worker's
+    workers without end (TensorFlow 2.21 ignores the coordination service's registration
+    timeout here, and neither a Python watchdog thread nor SIGTERM reached the waiting process;
+    measured). The coordination service (hosted by worker 0) then watches every worker's
     heartbeat: when one stops answering for `heartbeat_timeout` seconds, the collective
     operations of the others fail instead of waiting for it forever. No timeout is set on the
     collectives themselves, so that the others may wait as long as the chief validates.
