@@ -1,16 +1,29 @@
-"""Try train_distributed.py on one machine: ps and worker tasks on free 127.0.0.1 ports, then the
-chief in the foreground; the tasks it started are stopped when the chief exits.
+"""Try train_distributed.py on one machine, its tasks on free 127.0.0.1 ports.
+
+--mode async (default): ps and worker tasks in the background, then the chief in the foreground;
+the tasks it started are stopped when the chief exits.
 
     .venv/bin/python launch_local_cluster.py --num-workers 2 -- --data-dir data/records \\
         --split-name train --num-layers 50 --batch-size 4 --input-size 97 --num-steps 200 \\
         --snapshot-dir runs/ps
 
-Everything after `--` goes to the chief; those flags are checked before any task starts. The
-tasks' pids and log files are printed first: kill a worker (`kill -9 PID`) to watch the run go on
-without it, restart it with the printed command to watch it rejoin. The tasks and the chief end
-with the launcher, however it ends (Ctrl-C, SIGTERM, even SIGKILL). Each launch picks new ports:
-after a lost ps task, re-run the whole launcher command; the chief resumes from its last
-checkpoint. See docs/distributed.md.
+--mode sync: N peer workers (MultiWorkerMirroredStrategy), worker 0 in the foreground, the others
+in the background with their output in --log-dir; the launcher exits with worker 0's status once
+every worker has ended.
+
+    .venv/bin/python launch_local_cluster.py --mode sync --num-workers 2 -- \\
+        --data-dir data/records --split-name train --num-layers 50 --batch-size 4 \\
+        --input-size 97 --num-steps 200 --snapshot-dir runs/sync
+
+Everything after `--` goes to the chief (every worker in --mode sync); those flags are checked
+before any task starts. The tasks' pids and log files are printed first. In --mode async, kill a
+worker (`kill -9 PID`) to watch the run go on without it, restart it with the printed command to
+watch it rejoin. In --mode sync, `kill PID` (SIGTERM) of any worker saves a checkpoint at the next
+step and stops them all; `kill -9 PID` stops the others, naming the lost worker. The tasks end
+with the launcher, however it ends (Ctrl-C, SIGTERM, even SIGKILL); SIGTERM to the launcher is
+passed on to every worker of a sync run, which then save as above. Each launch picks new ports:
+after a lost ps task or any lost sync worker, re-run the whole launcher command; the run resumes
+from its last checkpoint. See docs/distributed.md.
 """
 import os
 import shlex
@@ -27,6 +40,8 @@ from libs.utils.processes import die_with_parent
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(ROOT, 'train_distributed.py')
 CHIEF_GRACE_SECONDS = 10.0
+# A sync worker told to stop finishes its step and saves before it exits.
+SYNC_GRACE_SECONDS = 120.0
 
 
 def free_ports(count):
@@ -52,6 +67,14 @@ def host_flags(num_ps, num_workers, ports=None):
 
 def task_command(job, index, hosts):
     return [sys.executable, SCRIPT, '--job-name', job, '--task-index', str(index)] + hosts
+
+
+def sync_worker_command(index, ports):
+    """The command of worker `index` of a synchronous loopback cluster whose workers listen on
+    `ports` (without training flags)."""
+    hosts = ','.join(f'127.0.0.1:{p}' for p in ports)
+    return [sys.executable, SCRIPT, '--mode', 'sync', '--worker-hosts', hosts,
+            '--task-index', str(index)]
 
 
 def _start(command, **kwargs):
@@ -86,19 +109,59 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def run_sync(num_workers, log_dir, training_args):
+    """Starts `num_workers` synchronous workers, worker 0 in the foreground; returns its exit
+    status once every worker has ended."""
+    ports = free_ports(num_workers)
+    commands = [sync_worker_command(i, ports) + training_args
+                for i in range(num_workers)]
+    train_distributed.parse_args(commands[0][2:])  # the flags, before any worker starts
+    os.makedirs(log_dir, exist_ok=True)
+    signal.signal(signal.SIGTERM, _terminate)
+    workers = []
+    try:
+        for i in range(1, num_workers):
+            log_path = os.path.join(log_dir, f'worker{i}.log')
+            with open(log_path, 'ab') as log:
+                workers.append(_start(commands[i], stdout=log, stderr=subprocess.STDOUT))
+            print(f'worker {i}: pid {workers[-1].pid}, log {log_path}', flush=True)
+        workers.insert(0, _start(commands[0]))
+        print(f'worker 0: pid {workers[0].pid}: {shlex.join(commands[0])}', flush=True)
+        status = workers[0].wait()
+        for i, worker in enumerate(workers):
+            try:
+                print(f'worker {i} (pid {worker.pid}) exited with status '
+                      f'{worker.wait(timeout=SYNC_GRACE_SECONDS)}', flush=True)
+            except subprocess.TimeoutExpired:
+                print(f'worker {i} (pid {worker.pid}) still runs {SYNC_GRACE_SECONDS:.0f} s '
+                      'after worker 0 ended: stopping it', flush=True)
+        return status
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        stop(workers, grace=SYNC_GRACE_SECONDS)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     chief_args = argv[argv.index('--') + 1:] if '--' in argv else []
     own = argv[:argv.index('--')] if '--' in argv else argv
     parser = config_lib.script_parser(__doc__)
-    parser.add_argument('--num-ps', type=config_lib.positive_int, default=1,
-                        help='parameter-server tasks')
+    parser.add_argument('--mode', choices=('async', 'sync'), default='async',
+                        help='async: ps and worker tasks and a chief; sync: peer workers')
+    parser.add_argument('--num-ps', type=config_lib.positive_int, default=None,
+                        help='parameter-server tasks (--mode async; default 1)')
     parser.add_argument('--num-workers', type=config_lib.positive_int, default=2,
                         help='worker tasks')
     parser.add_argument('--log-dir', default='runs/local_cluster',
-                        help='where the ps and worker logs go')
+                        help='where the logs of the background tasks go')
     args = parser.parse_args(own)
     config_lib.check_outputs(parser, args, folders=('log_dir',))
+    if args.mode == 'sync':
+        if args.num_ps is not None:
+            parser.error('--num-ps is for --mode async: a synchronous cluster has workers only')
+        return run_sync(args.num_workers, args.log_dir, chief_args)
+    args.num_ps = args.num_ps or 1
     hosts = host_flags(args.num_ps, args.num_workers)
     chief = task_command('chief', 0, hosts) + chief_args
     train_distributed.parse_args(chief[2:])  # the chief's flags, before any task starts

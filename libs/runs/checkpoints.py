@@ -7,6 +7,7 @@ the last complete checkpoint as the latest one.
 """
 import dataclasses
 import os
+import tempfile
 
 import tensorflow as tf
 
@@ -111,6 +112,17 @@ def restore_model_weights(model, path, other_classes=False):
             backbone=model.backbone, aspp=model.aspp)).read(prefix)
     status.assert_existing_objects_matched().expect_partial()
     return prefix, found['global_step'], found['num_classes']
+
+
+def write_and_discard(checkpoint):
+    """Writes `checkpoint` to a temporary folder and deletes it: what a worker of a
+    `MultiWorkerMirroredStrategy` run that does not write the snapshot dir does at each save.
+
+    Saving reads batch norm's synchronised-on-read statistics through an all-reduce over every
+    worker, so every worker must save when the chief does.
+    """
+    with tempfile.TemporaryDirectory(prefix='deeplab-discarded-checkpoint-') as folder:
+        checkpoint.write(os.path.join(folder, 'checkpoint'))
 
 
 def build_model(config, num_replicas=1):

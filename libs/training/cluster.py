@@ -81,6 +81,15 @@ def tf_config_from_environment(text):
     Raises:
         ValueError: the text is not JSON, or not a cluster this script can run.
     """
+    return validate(read_tf_config(text))
+
+
+def read_tf_config(text):
+    """The TF_CONFIG dict of JSON text, its task index 0 when left out; not validated.
+
+    Raises:
+        ValueError: the text is not JSON, or has no cluster or task.
+    """
     try:
         tf_config = json.loads(text)
     except json.JSONDecodeError as e:
@@ -89,7 +98,7 @@ def tf_config_from_environment(text):
         raise ValueError('TF_CONFIG must be {"cluster": {...}, "task": {"type": ..., '
                          '"index": ...}}')
     tf_config.setdefault('task', {}).setdefault('index', 0)
-    return validate(tf_config)
+    return tf_config
 
 
 def validate(tf_config):

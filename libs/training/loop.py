@@ -1,8 +1,9 @@
 """The one training loop. It runs under the default strategy (train.py), `MirroredStrategy`
-(train_multi_gpu.py) and `ParameterServerStrategy` with a `ClusterCoordinator`
-(train_distributed.py); the scripts only choose the strategy. Under the parameter-server
-strategy the chief keeps a queue of steps in flight on the workers (`step_queue.py`), takes their
-results as they complete and validates on a thread (`background_validation.py`).
+(train_multi_gpu.py), `ParameterServerStrategy` with a `ClusterCoordinator` and
+`MultiWorkerMirroredStrategy` (train_distributed.py --mode async|sync); the scripts only choose
+the strategy. Under the parameter-server strategy the chief keeps a queue of steps in flight on
+the workers (`step_queue.py`), takes their results as they complete and validates on a thread
+(`background_validation.py`).
 
 It restores or initialises the model, runs the step of `step.py` until the global step reaches
 `num_steps`, logs, checkpoints and validates.
@@ -34,6 +35,20 @@ CHECKPOINT_NAME = 'model'
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+class Stopped(RuntimeError):
+    """A worker asked the run to stop (SIGTERM); the checkpoint of the step it stopped at was
+    saved.
+
+    Attributes:
+        step: the global step of that checkpoint.
+        checkpoint: its prefix (None on a worker that does not write).
+    """
+
+    def __init__(self, step, checkpoint):
+        super().__init__(f'stopped at step {step}')
+        self.step, self.checkpoint = step, checkpoint
 
 
 @dataclasses.dataclass
@@ -132,7 +147,8 @@ def _per_worker_seed(seed):
     return tf.constant(seed, tf.int64) + micros
 
 
-def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = print):
+def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = print,
+          writes=True, stop: Optional[Callable[[], bool]] = None):
     """Trains `config` under `strategy` until the global step reaches `config.num_steps`.
 
     A run resumed from its snapshot dir's checkpoint at step k continues the input stream with
@@ -146,10 +162,18 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
         coordinator: a `ClusterCoordinator` for `ParameterServerStrategy`; steps are then
             scheduled asynchronously on the workers.
         log: where progress lines go (only the process running this loop logs).
+        writes: whether this process writes the snapshot dir (config.json, checkpoints,
+            TensorBoard). Under `MultiWorkerMirroredStrategy` only worker 0 does; the others
+            still take part in every save, since reading batch norm's synchronised-on-read
+            statistics is an all-reduce over every worker, and discard what they saved.
+        stop: called after every step; True saves a checkpoint of that step and raises
+            `Stopped`. Under `MultiWorkerMirroredStrategy` every worker must get the same
+            answer after the same step (`multi_worker.StopSignal`).
     Returns:
         `TrainResult`.
     Raises:
         TrainingDiverged: when the loss is NaN or Inf; the message names the step.
+        Stopped: `stop` returned True.
         ValueError: a batch that does not split over the replicas, a snapshot dir whose run
             had another architecture or settings that a resume may not change.
     """
@@ -187,10 +211,10 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
     if start_step >= config.num_steps:
         log(f'Already at step {start_step} of {config.num_steps}: nothing to train')
         return TrainResult(start_step, manager.latest_checkpoint, None, None)
-    if not resuming or not os.path.isfile(os.path.join(config.snapshot_dir,
-                                                       config_lib.CONFIG_FILE)):
+    if writes and (not resuming or not os.path.isfile(os.path.join(config.snapshot_dir,
+                                                                    config_lib.CONFIG_FILE))):
         config_lib.write_config(config, config.snapshot_dir)
-    elif changed:
+    elif writes and changed:
         recorded = config_lib.write_config(config, config.snapshot_dir,
                                            f'config-step-{start_step}.json')
         log(f'Resuming with {", ".join("--" + n.replace("_", "-") for n in changed)} changed: '
@@ -214,18 +238,18 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
             lambda: strategy.distribute_datasets_from_function(
                 lambda context: dataset_fn(context, seed=_per_worker_seed(config.random_seed)))))
     else:
-        # One pipeline of global batches, which the step splits over the local replicas (see
+        # One pipeline of global batches, which the step splits over the replicas (see
         # `build_train_step` for why not a distributed dataset); a resumed run continues the
-        # stream after the batches of its first `start_step` steps.
+        # stream after the batches of its first `start_step` steps. Under
+        # MultiWorkerMirroredStrategy every worker reads this same stream and trains on its
+        # replicas' slices of each batch.
         iterator = iter(dataset_fn(tf.distribute.InputContext(),
                                    start_example=start_step * config.batch_size))
 
     train_step = build_train_step(model, optimizer, step, strategy, config, loss_scale)
 
-    queue = validation = None
-    if coordinator is None:
-        reporter = summaries.Reporter(config, model, strategy, val_files, train_files, log)
-    else:
+    queue = validation = reporter = None
+    if coordinator is not None:
         # `ParameterServerStrategy.cluster_resolver` is None in TF 2.21; its extended knows.
         num_workers = strategy.extended._num_workers
         queue = StepQueue(coordinator, train_step, iterator, step, depth=2 * num_workers)
@@ -235,6 +259,10 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
                                       val_files, train_files, log)
         validation = BackgroundValidation(reporter, copy_model, model)
         window_results, window_start = [], time.time()
+    elif writes:
+        reporter = summaries.Reporter(config, model, strategy, val_files, train_files, log)
+    save = (manager.save if writes
+            else lambda checkpoint_number: checkpoints.write_and_discard(checkpoint))
     log(f'Training {config.split_name} ({len(train_files)} shards) on {replicas} replica(s), '
         f'steps {start_step} -> {config.num_steps}, global batch {config.batch_size}')
 
@@ -267,7 +295,9 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
                 f'{loss_scale.divergence()} at {_steps(previous + 1, current + 1)}; stopped '
                 f'without saving. The last good checkpoint is {manager.latest_checkpoint}')
         timer.count(current - previous)
-        if _crossed(previous, current, config.log_every) or current >= config.num_steps:
+        stopping = stop is not None and stop() and current < config.num_steps
+        if reporter and (_crossed(previous, current, config.log_every)
+                         or current >= config.num_steps):
             images_per_sec = timer.lap(config.batch_size)
             workers_busy = None
             if queue is not None:
@@ -281,25 +311,27 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
             reporter.log_progress(current, loss_value, lr, images_per_sec, eta, train_miou,
                                   loss_scale, workers_busy)
             confusion_sum[:] = 0
-        if _crossed(previous, current, config.save_pred_every) or current >= config.num_steps:
+        if (_crossed(previous, current, config.save_pred_every) or current >= config.num_steps
+                or stopping):
             if not _all_finite(model.variables):
                 raise TrainingDiverged(
                     f'weights became NaN or Inf at {_steps(finite_step + 1, current)} (they '
                     f'are checked before each save); stopped without saving. The last '
                     f'good checkpoint is {manager.latest_checkpoint}')
-            if queue is None:
-                with timer.paused():
-                    manager.save(checkpoint_number=current)
-                    val_miou = reporter.checkpoint_saved(current, manager.latest_checkpoint)
-            else:
-                with timer.paused():
-                    manager.save(checkpoint_number=current)
+            with timer.paused():
+                save(checkpoint_number=current)
+                if stopping:
+                    raise Stopped(current, manager.latest_checkpoint if writes else None)
+                if validation is not None:
                     validation.start(current, manager.latest_checkpoint)
-                if current < config.num_steps:
-                    queue.aim(current, _next_save(current, config))
+                elif reporter:
+                    val_miou = reporter.checkpoint_saved(current, manager.latest_checkpoint)
+            if queue is not None and current < config.num_steps:
+                queue.aim(current, _next_save(current, config))
             finite_step = current
     if validation is not None:
         val_miou = validation.wait()
+    saved = manager.latest_checkpoint if writes else None
     log(f'Done: step {current} in {time.time() - run_start:.0f} s, checkpoint '
-        f'{manager.latest_checkpoint}')
-    return TrainResult(current, manager.latest_checkpoint, loss_value, val_miou)
+        f'{saved or "written by worker 0"}')
+    return TrainResult(current, saved, loss_value, val_miou)

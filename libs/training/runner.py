@@ -1,12 +1,13 @@
 """What the training scripts share after choosing a strategy: hold the snapshot dir, clear what an
 earlier killed run left in it, run the loop, and turn the errors a user can act on (and Ctrl-C)
 into a one-line message and an exit status."""
+import contextlib
 import sys
 
 import tensorflow as tf
 
 from libs.runs import checkpoints, leftovers, lock
-from libs.training.loop import TrainingDiverged, train
+from libs.training.loop import Stopped, TrainingDiverged, train
 from libs.training.step import describe_label_error
 from libs.utils.precision import compute_dtype
 
@@ -24,11 +25,36 @@ def _log(line):
     print(line, flush=True)
 
 
-def run_training(config, strategy=None, coordinator=None):
+# What a scheduler's restart policy can tell from a finished run (TensorFlow's restart code).
+STOPPED = 42
+
+
+@contextlib.contextmanager
+def _holding(snapshot_dir, writes):
+    """Holds the snapshot dir and clears what an earlier killed run left in it, when this process
+    writes it; a worker that does not write leaves both to the one that does."""
+    if not writes:
+        yield
+        return
+    with lock.hold(snapshot_dir, 'training'):
+        leftovers.remove_leftovers(snapshot_dir, _log)
+        try:
+            yield
+        except BaseException:
+            # A save that Ctrl-C or a full disk cut short: its temporaries go now.
+            leftovers.remove_leftovers(snapshot_dir, lambda line: None)
+            raise
+
+
+def run_training(config, strategy=None, coordinator=None, writes=True, stop=None):
     """Runs `loop.train` holding `config.snapshot_dir`; returns the process exit status.
 
     Statuses: 0 done, 1 refused (bad input, the folder in use, a file-system fault), 2 diverged,
-    130 interrupted (Ctrl-C).
+    130 interrupted (Ctrl-C), `STOPPED` (42) stopped by `stop` (SIGTERM) after saving a
+    checkpoint: re-running resumes from it.
+
+    Args:
+        writes, stop: as in `loop.train`.
     """
     try:
         compute_dtype(config.precision)  # float16 without a GPU: refused before anything runs
@@ -36,17 +62,17 @@ def run_training(config, strategy=None, coordinator=None):
         print(f'error: {e}', file=sys.stderr)
         return 1
     try:
-        with lock.hold(config.snapshot_dir, 'training'):
-            leftovers.remove_leftovers(config.snapshot_dir, _log)
-            try:
-                train(config, strategy=strategy, coordinator=coordinator, log=_log)
-            except BaseException:
-                # A save that Ctrl-C or a full disk cut short: its temporaries go now.
-                leftovers.remove_leftovers(config.snapshot_dir, lambda line: None)
-                raise
+        with _holding(config.snapshot_dir, writes):
+            train(config, strategy=strategy, coordinator=coordinator, log=_log, writes=writes,
+                  stop=stop)
     except lock.FolderInUse as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
+    except Stopped as e:
+        where = e.checkpoint or 'written by worker 0'
+        print(f'stopped at step {e.step} (a worker received SIGTERM): checkpoint {where}; '
+              're-run the same command(s) to resume from it', file=sys.stderr, flush=True)
+        return STOPPED
     except TrainingDiverged as e:
         print(f'error: training diverged: {e}', file=sys.stderr)
         return 2

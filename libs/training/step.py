@@ -69,7 +69,8 @@ def split_over_replicas(strategy, batch):
     """Per-replica values of a global batch: replica k takes the k-th of N equal slices.
 
     Args:
-        strategy: a local strategy (default or `MirroredStrategy`).
+        strategy: the default strategy, `MirroredStrategy`, or `MultiWorkerMirroredStrategy`
+            (whose replica ids count over every worker: each worker keeps its replicas' slices).
         batch: tuple of tensors [B, ...], B divisible by the replica count.
     Returns:
         `batch` itself with one replica, otherwise a tuple of per-replica values [B / N, ...].

@@ -12,6 +12,7 @@ import tensorflow as tf
 from libs.datasets import input_pipeline
 from libs.evaluation.evaluator import evaluate_dataset
 from libs.evaluation.inference import MultiScalePredictor
+from libs.runs import checkpoints
 from libs.utils.visualize import colorize
 
 NUM_IMAGES = 3
@@ -72,6 +73,13 @@ class Reporter:
         self.log = log
         self.val_files = val_files
         self.writer = tf.summary.create_file_writer(os.path.join(config.snapshot_dir, 'train'))
+        # Under MultiWorkerMirroredStrategy, reading batch norm's synchronised-on-read statistics
+        # outside a step is an all-reduce that only this worker would join: validate a copy of
+        # the model outside the strategy instead, loaded from each checkpoint it saves.
+        self.reload = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        if self.reload:
+            model, strategy = checkpoints.build_model(config), tf.distribute.get_strategy()
+        self.model = model
         self.predictor = MultiScalePredictor(model, config.num_classes,
                                              output_stride=config.output_stride)
         self.strategy = strategy
@@ -107,6 +115,8 @@ class Reporter:
     def checkpoint_saved(self, step, checkpoint_path):
         """Validates (if a split was given) and writes images; returns the val mIoU or None."""
         self.log(f'saved {checkpoint_path}')
+        if self.reload:
+            checkpoints.restore_model_weights(self.model, checkpoint_path)
         val_miou = None
         with self.strategy.scope(), self.writer.as_default(step=step):
             if self.val_files:
