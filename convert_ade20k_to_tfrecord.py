@@ -15,7 +15,8 @@ http://sceneparsing.csail.mit.edu/), holding images/ and annotations/.
 import sys
 
 import config as config_lib
-from libs.datasets import ade20k, conversion
+import converters
+from libs.datasets import ade20k
 from libs.utils.filesystem import one_line_errors
 
 
@@ -24,14 +25,14 @@ def parse_args(argv=None):
     parser.add_argument('--ade20k-dir', required=True, help='the ADEChallengeData2016 folder')
     parser.add_argument('--split-name', default='training', choices=sorted(ade20k.SPLIT_SIZES),
                         help='the split to convert')
-    conversion.add_script_args(parser)
-    return conversion.parse_script_args(parser, argv)
+    converters.add_script_args(parser)
+    return converters.parse_script_args(parser, argv)
 
 
 @one_line_errors
 def main(argv=None):
     args = parse_args(argv)
-    return conversion.run_split_script(ade20k.convert_split, args.ade20k_dir, args, 'ADE20K',
+    return converters.run_split_script(ade20k.convert_split, args.ade20k_dir, args, 'ADE20K',
                                        ade20k.SPLIT_SIZES)
 
 

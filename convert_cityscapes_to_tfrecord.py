@@ -18,7 +18,8 @@ gtFine_trainvaltest.zip from https://www.cityscapes-dataset.com/, unpacked in on
 import sys
 
 import config as config_lib
-from libs.datasets import cityscapes, conversion
+import converters
+from libs.datasets import cityscapes
 from libs.utils.filesystem import one_line_errors
 
 
@@ -28,15 +29,15 @@ def parse_args(argv=None):
                         help='the folder holding leftImg8bit/ and gtFine/')
     parser.add_argument('--split-name', default='train', choices=sorted(cityscapes.SPLIT_SIZES),
                         help='the split to convert (test: unlabelled, for prediction only)')
-    conversion.add_script_args(parser)
-    return conversion.parse_script_args(parser, argv)
+    converters.add_script_args(parser)
+    return converters.parse_script_args(parser, argv)
 
 
 @one_line_errors
 def main(argv=None):
     args = parse_args(argv)
     unlabelled = args.split_name in cityscapes.UNLABELLED_SPLITS
-    return conversion.run_split_script(cityscapes.convert_split, args.cityscapes_dir, args,
+    return converters.run_split_script(cityscapes.convert_split, args.cityscapes_dir, args,
                                        'Cityscapes', cityscapes.SPLIT_SIZES,
                                        ', unlabelled' if unlabelled else '')
 

@@ -15,7 +15,8 @@ every bad image listed) unless --skip-invalid is given.
 import sys
 
 import config as config_lib
-from libs.datasets import coco, conversion
+import converters
+from libs.datasets import coco
 from libs.utils.filesystem import one_line_errors
 
 
@@ -31,14 +32,14 @@ def parse_args(argv=None):
                         default=coco.DEFAULT_MIN_VOC_PIXELS,
                         help="keep images with at least this many VOC-class pixels (the paper's "
                         '1000-pixel threshold); 0 keeps all')
-    conversion.add_script_args(parser, entries='images')
-    return conversion.parse_script_args(parser, argv)
+    converters.add_script_args(parser, entries='images')
+    return converters.parse_script_args(parser, argv)
 
 
 @one_line_errors
 def main(argv=None):
     args = parse_args(argv)
-    result, seconds, status = conversion.run_for_script(
+    result, seconds, status = converters.run_for_script(
         lambda: coco.convert_coco(
             args.annotation_file, args.image_dir, args.split_name, args.output_dir,
             min_voc_pixels=args.min_voc_pixels, num_shards=args.num_shards,

@@ -22,7 +22,8 @@ import re
 import sys
 
 import config as config_lib
-from libs.datasets import conversion, folder
+import converters
+from libs.datasets import folder
 from libs.utils.filesystem import one_line_errors
 
 _SPLIT_NAME = re.compile(r'^[A-Za-z0-9_]+$')
@@ -78,8 +79,8 @@ def parse_args(argv=None):
                         help='shuffles the images before --split-ratio cuts them')
     parser.add_argument('--dataset-name', default='custom',
                         help="the dataset's name in dataset.json (and the runs)")
-    conversion.add_script_args(parser)
-    args = conversion.parse_script_args(parser, argv)
+    converters.add_script_args(parser)
+    args = converters.parse_script_args(parser, argv)
     if args.split_list and len(dict(args.split_list)) != len(args.split_list):
         parser.error('--split-list names a split twice')
     return args
@@ -88,7 +89,7 @@ def parse_args(argv=None):
 @one_line_errors
 def main(argv=None):
     args = parse_args(argv)
-    done, seconds, status = conversion.run_for_script(
+    done, seconds, status = converters.run_for_script(
         lambda: folder.convert_folder(
             args.image_dir, args.mask_dir, args.classes, args.output_dir,
             split_files=dict(args.split_list) if args.split_list else None,
@@ -99,7 +100,7 @@ def main(argv=None):
     if done is None:
         return status
     for result in done.splits.values():
-        print(conversion.summary_line(result, None))
+        print(converters.summary_line(result, None))
     print(f'{len(done.unmatched)} unmatched or unlisted files left out, {seconds:.1f} s')
     return 0
 

@@ -18,6 +18,7 @@ either the commonly distributed PNG conversion `SegmentationClassAug` or SBD's o
 import sys
 
 import config as config_lib
+import converters
 from libs.datasets import conversion, voc
 from libs.utils.filesystem import one_line_errors
 
@@ -32,16 +33,16 @@ def parse_args(argv=None):
                         'train_aug')
     parser.add_argument('--split-file', help='one id a line; default <voc-dir>/ImageSets/'
                         'Segmentation/<split>.txt, or the shipped list for train_aug')
-    conversion.add_script_args(parser)
+    converters.add_script_args(parser)
     parser.add_argument('--num-classes', type=config_lib.class_count, default=voc.NUM_CLASSES,
                         help='labels may hold 0..num-classes-1 and 255')
-    return conversion.parse_script_args(parser, argv)
+    return converters.parse_script_args(parser, argv)
 
 
 @one_line_errors
 def main(argv=None):
     args = parse_args(argv)
-    result, seconds, status = conversion.run_for_script(
+    result, seconds, status = converters.run_for_script(
         lambda: conversion.convert_split(
             args.voc_dir, args.split_name, args.output_dir, label_dir=args.label_dir,
             split_file=args.split_file, num_shards=args.num_shards,
@@ -50,7 +51,7 @@ def main(argv=None):
         args.output_dir, 'the valid pairs only')
     if result is None:
         return status
-    print(conversion.summary_line(
+    print(converters.summary_line(
         result, seconds, f'VOC 2012 {result.split} has {voc.SPLIT_SIZES[result.split]}'))
     return 0
 

@@ -20,7 +20,7 @@ from libs.datasets import description, tfrecord, voc
 from libs.evaluation import prediction
 from libs.nets.deeplabv3 import upsample_logits
 from libs.runs import checkpoints, record
-from libs.training import class_weights, loop
+from libs.training import class_weights, initial_weights
 from libs.training.step import build_optimizer, build_train_step
 from libs.utils import visualize
 
@@ -184,7 +184,7 @@ def test_restoring_into_another_class_count_loads_all_but_the_classifier(trained
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), config.snapshot_dir,
                                          1)
     lines = []
-    assert loop._initialise(config, model, manager, lines.append) is False
+    assert initial_weights.initialise(config, model, manager, lines.append) is False
     assert ('The classifier starts fresh (random weights): 21 classes there, 3 here; the '
             'backbone and ASPP are loaded') in lines, lines
 

@@ -27,6 +27,7 @@ from libs.training import summaries
 from libs.training.class_weights import format_class_weights
 from libs.training.schedules import poly_learning_rate
 from libs.training.background_validation import BackgroundValidation
+from libs.training.initial_weights import initialise
 from libs.training.step import build_optimizer, build_train_step
 from libs.training.step_queue import StepQueue, busy_share
 
@@ -57,40 +58,6 @@ class TrainResult:
     checkpoint: Optional[str]
     loss: Optional[float]
     val_miou: Optional[float]
-
-
-def _initialise(config, model, manager, log):
-    """Resume the run, or start it from another run's weights or from ImageNet.
-
-    Returns:
-        True when resuming this snapshot dir's own checkpoint.
-    """
-    if manager.latest_checkpoint:
-        restored = manager.checkpoint
-        if (getattr(restored, 'loss_scale', None) is not None
-                and not loss_scale_lib.saved_in(manager.latest_checkpoint)):
-            # A run trained in another precision has no loss scale: it starts afresh.
-            restored = tf.train.Checkpoint(model=restored.model, optimizer=restored.optimizer,
-                                           step=restored.step)
-        restored.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log(f'Resuming from {manager.latest_checkpoint} at step '
-            f'{int(manager.checkpoint.step.numpy())}')
-        return True
-    if config.restore_from:
-        prefix, source_step, source_classes = checkpoints.restore_model_weights(
-            model, config.restore_from, other_classes=True)
-        log(f'Starting from the weights of {prefix} (step {source_step} there); the global step '
-            'and optimiser state start fresh')
-        if source_classes != config.num_classes:
-            log(f'The classifier starts fresh (random weights): {source_classes} classes there, '
-                f'{config.num_classes} here; the backbone and ASPP are loaded')
-    elif config.imagenet:
-        from libs.nets.pretrained import load_slim_backbone
-        log(load_slim_backbone(model.backbone, config.imagenet).summary())
-    else:
-        log(f'Starting from scratch (random weights): the paper starts from ImageNet weights, '
-            f'pass --imagenet resnet_v1_{config.num_layers}.ckpt')
-    return False
 
 
 @tf.function
@@ -206,7 +173,7 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
                                      **({'loss_scale': loss_scale} if loss_scale else {}))
     manager = tf.train.CheckpointManager(checkpoint, config.snapshot_dir, config.max_to_keep,
                                          checkpoint_name=CHECKPOINT_NAME)
-    resuming = _initialise(config, model, manager, log)
+    resuming = initialise(config, model, manager, log)
     start_step = int(step.numpy())
     if start_step >= config.num_steps:
         log(f'Already at step {start_step} of {config.num_steps}: nothing to train')
