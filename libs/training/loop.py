@@ -29,7 +29,7 @@ from libs.training.schedules import poly_learning_rate
 from libs.training.background_validation import BackgroundValidation
 from libs.training.initial_weights import initialise
 from libs.training.step import build_optimizer, build_train_step
-from libs.training.step_queue import StepQueue, busy_share
+from libs.training.step_queue import StepQueue
 
 CHECKPOINT_NAME = 'model'
 
@@ -219,13 +219,12 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
     if coordinator is not None:
         # `ParameterServerStrategy.cluster_resolver` is None in TF 2.21; its extended knows.
         num_workers = strategy.extended._num_workers
-        queue = StepQueue(coordinator, train_step, iterator, step, depth=2 * num_workers)
+        queue = StepQueue(coordinator, train_step, iterator, step, num_workers)
         # Built outside the strategy's scope: the copy's variables live on the chief.
         copy_model = checkpoints.build_model(config)
         reporter = summaries.Reporter(config, copy_model, tf.distribute.get_strategy(),
                                       val_files, train_files, log)
         validation = BackgroundValidation(reporter, copy_model, model)
-        window_results, window_start = [], time.time()
     elif writes:
         reporter = summaries.Reporter(config, model, strategy, val_files, train_files, log)
     save = (manager.save if writes
@@ -242,7 +241,6 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
             if queue.idle:
                 queue.aim(current, _next_save(current, config))
             done = queue.next_results()
-            window_results += done
             results = [(result.loss, result.confusion, result.step) for result in done]
             # Counted from the results taken, so that the loop saves once they are all in.
             current = queue.reached
@@ -266,17 +264,12 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
         if reporter and (_crossed(previous, current, config.log_every)
                          or current >= config.num_steps):
             images_per_sec = timer.lap(config.batch_size)
-            workers_busy = None
-            if queue is not None:
-                now = time.time()
-                workers_busy = busy_share(window_results, window_start, now, num_workers)
-                window_results, window_start = [], now
             lr = float(poly_learning_rate(current, config.learning_rate, config.num_steps,
                                           config.power))
             eta = (config.num_steps - current) * config.batch_size / max(images_per_sec, 1e-9)
             train_miou = iou_from_confusion(confusion_sum)['miou']
             reporter.log_progress(current, loss_value, lr, images_per_sec, eta, train_miou,
-                                  loss_scale, workers_busy)
+                                  loss_scale)
             confusion_sum[:] = 0
         if (_crossed(previous, current, config.save_pred_every) or current >= config.num_steps
                 or stopping):
@@ -285,6 +278,8 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
                     f'weights became NaN or Inf at {_steps(finite_step + 1, current)} (they '
                     f'are checked before each save); stopped without saving. The last '
                     f'good checkpoint is {manager.latest_checkpoint}')
+            if queue is not None:
+                reporter.log_workers_busy(current, queue.busy_share())
             with timer.paused():
                 save(checkpoint_number=current)
                 if stopping:

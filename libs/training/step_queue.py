@@ -9,11 +9,13 @@ towards a target (the next checkpoint, or the last step): exactly as many as the
 each guarded by it (see `step.build_train_step`'s `limit`), so the global step stops at the target
 even when the coordinator re-runs the steps of a lost worker. The queue runs dry only at the
 target, where a checkpoint then holds one consistent state: weights, momentum and step counter of
-the same applied updates. (TensorFlow would save the ps variables while workers update them, but
+the same applied updates, and the share of that stretch the workers spent running steps is exact
+(`busy_share`). (TensorFlow would save the ps variables while workers update them, but
 each variable would then hold another number of updates, and the saved step would match none.)
 """
 import collections
 import dataclasses
+import time
 
 import tensorflow as tf
 
@@ -62,19 +64,21 @@ class StepQueue:
         train_step: from `step.build_train_step`, called with (per-worker iterator, limit).
         iterator: the per-worker iterator of `coordinator.create_per_worker_dataset`.
         global_step: the int64 step variable the updates increment.
-        depth: steps in flight at most.
+        num_workers: the cluster's workers; two steps per worker are kept in flight.
     """
 
-    def __init__(self, coordinator, train_step, iterator, global_step, depth):
+    def __init__(self, coordinator, train_step, iterator, global_step, num_workers):
         self._coordinator = coordinator
         self._step = _timed(train_step, global_step)
         self._iterator = iterator
-        self._depth = depth
+        self._depth = 2 * num_workers
         self._pending = collections.deque()
         self._to_schedule = 0
         self._limit = None
         self._global_step = global_step
         self._start = self._applied = 0
+        self._aimed_at, self._busy_seconds = time.monotonic(), 0.0
+        self._num_workers = num_workers
 
     @property
     def idle(self):
@@ -87,6 +91,7 @@ class StepQueue:
         assert self.idle, 'aim() with steps still in flight'
         self._to_schedule = max(target - current, 0)
         self._start, self._applied = current, 0
+        self._aimed_at, self._busy_seconds = time.monotonic(), 0.0
         self._limit = tf.constant(target, tf.int64)
         self._fill()
 
@@ -107,10 +112,23 @@ class StepQueue:
         """
         loss, confusion, applied, step, start, end = self._pending.popleft().fetch()
         self._fill()
+        self._busy_seconds += end - start
         if not applied:
             return []
         self._applied += 1
         return [StepResult(float(loss), confusion, int(step), float(start), float(end))]
+
+    def busy_share(self):
+        """The share of the time since `aim` that the workers spent running steps, once `idle`:
+        every step towards the target then began after `aim` and has ended, so the share is exact
+        (steps' durations are measured on their workers' clocks, the span on the chief's).
+
+        Returns:
+            float in [0, 1].
+        """
+        assert self.idle, 'busy_share() with steps still in flight'
+        span = (time.monotonic() - self._aimed_at) * self._num_workers
+        return min(self._busy_seconds / max(span, 1e-9), 1.0)
 
     @property
     def reached(self):
@@ -121,20 +139,3 @@ class StepQueue:
             return int(self._global_step.numpy())
         return self._start + self._applied
 
-
-def busy_share(results, window_start, window_end, num_workers):
-    """The share of a window of wall time that `num_workers` workers spent running steps.
-
-    A worker runs one step at a time, so its steps do not overlap; the share counts the part of
-    each step inside the window. Steps still in flight at the window's end count in the next one
-    (their part before it is lost), so the share errs low by at most a step per worker. Across
-    machines it relies on their clocks agreeing (NTP).
-
-    Args:
-        results: `StepResult`s with `start` and `end` (seconds since the epoch).
-        window_start, window_end: the window (seconds since the epoch, `time.time()`).
-    Returns:
-        float in [0, 1].
-    """
-    busy = sum(max(0.0, min(r.end, window_end) - max(r.start, window_start)) for r in results)
-    return min(busy / max((window_end - window_start) * num_workers, 1e-9), 1.0)

@@ -86,31 +86,34 @@ class Reporter:
         self.image_files = val_files or train_files
 
     def log_progress(self, step, loss, lr, images_per_sec, eta_seconds, train_miou,
-                     loss_scale=None, workers_busy=None):
+                     loss_scale=None):
         """One progress line and the same values in TensorBoard.
 
         Args:
             loss_scale: a `loss_scale.DynamicLossScale` (float16 training): its scale and the
                 steps it skipped so far are shown.
-            workers_busy: parameter-server training: the share of the interval the workers spent
-                running steps, or None.
         """
-        busy = '' if workers_busy is None else f'  workers busy {workers_busy:.0%}'
         self.log(f'step {step}/{self.config.num_steps}  loss {loss:.4f}  lr {lr:.6f}  '
                  f'{images_per_sec:.2f} img/s  train mIoU {train_miou:.3f}  '
                  + (f'{loss_scale.describe()}  ' if loss_scale is not None else '')
-                 + f'ETA {format_eta(eta_seconds)}{busy}')
+                 + f'ETA {format_eta(eta_seconds)}')
         with self.writer.as_default(step=step):
             tf.summary.scalar('loss', loss)
             tf.summary.scalar('learning_rate', lr)
             tf.summary.scalar('images_per_sec', images_per_sec)
-            if workers_busy is not None:
-                tf.summary.scalar('workers_busy', workers_busy)
             if np.isfinite(train_miou):
                 tf.summary.scalar('train_miou', train_miou)
             if loss_scale is not None:
                 tf.summary.scalar('skipped_steps', loss_scale.skipped.numpy())
         self.writer.flush()
+
+    def log_workers_busy(self, step, share):
+        """Parameter-server training: the share of the time since the previous checkpoint that
+        the workers spent running steps (`step_queue.StepQueue.busy_share`)."""
+        self.log(f'step {step}: the workers were busy {share:.0%} of the time since the previous '
+                 'checkpoint')
+        with self.writer.as_default(step=step):
+            tf.summary.scalar('workers_busy', share)
 
     def checkpoint_saved(self, step, checkpoint_path):
         """Validates (if a split was given) and writes images; returns the val mIoU or None."""
