@@ -2,9 +2,9 @@
 workers, whose results the chief takes as they complete.
 
 The chief of `ParameterServerStrategy` hands steps (closures) to a `ClusterCoordinator`, which
-gives each to the next free worker. A worker whose queue is empty waits, so the chief keeps
-`depth` steps in flight at all times (two per worker, so that a worker finishing one step finds
-the next already waiting) and schedules one more each time it takes a result. Steps are scheduled
+gives each to the next free worker. A worker whose queue is empty waits, so the chief keeps two
+steps per worker in flight at all times (a worker finishing one step finds the next already
+waiting) and schedules one more each time it takes a result. Steps are scheduled
 towards a target (the next checkpoint, or the last step): exactly as many as the target is away,
 each guarded by it (see `step.build_train_step`'s `limit`), so the global step stops at the target
 even when the coordinator re-runs the steps of a lost worker. The queue runs dry only at the
@@ -57,7 +57,7 @@ def _timed(train_step, global_step):
 
 
 class StepQueue:
-    """Keeps `depth` training steps in flight on the workers of a `ClusterCoordinator`.
+    """Keeps two training steps per worker in flight on the workers of a `ClusterCoordinator`.
 
     Args:
         coordinator: the chief's `ClusterCoordinator`.
