@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -487,6 +488,14 @@ def test_second_trainer_refused_then_ctrl_c_says_how_to_resume(trained_run, tmp_
             if line.startswith('saved '):
                 break
         assert alive(first.pid)
+        # Keep reading both pipes while the second trainer runs, so that the first never blocks
+        # on a full pipe (a line a step and a save every 2 steps fill 64 KB within minutes).
+        drained = {}
+        readers = [threading.Thread(target=lambda name=name, pipe=pipe: drained.__setitem__(
+            name, pipe.read()), daemon=True)
+            for name, pipe in (('stdout', first.stdout), ('stderr', first.stderr))]
+        for reader in readers:
+            reader.start()
         second = run_script(*command[1:], timeout=300)
         assert first.poll() is None  # still training while the second was refused
         assert second.returncode == 1
@@ -494,7 +503,10 @@ def test_second_trainer_refused_then_ctrl_c_says_how_to_resume(trained_run, tmp_
         assert last.startswith(f'error: {snapshot} is in use: training, pid {first.pid} ')
         assert last.endswith('choose another --snapshot-dir')
         first.send_signal(signal.SIGINT)
-        _, stderr = first.communicate(timeout=120)
+        first.wait(timeout=240)
+        for reader in readers:
+            reader.join(timeout=60)
+        stderr = drained['stderr']
     assert first.returncode == 130, stderr[-3000:]
     assert 'Traceback' not in stderr
     match = re.search(rf'interrupted; the last checkpoint is ({re.escape(snapshot)}/model-(\d+)) '
