@@ -482,7 +482,9 @@ def test_training_on_labels_beyond_num_classes_is_one_line(trained_run, tmp_path
 @pytest.mark.slow
 def test_second_trainer_refused_then_ctrl_c_says_how_to_resume(trained_run, tmp_path):
     snapshot = str(tmp_path / 'run')
-    command = _train_command(trained_run.data_dir, snapshot, 400)
+    # Far more steps than it can take while the second trainer starts on a loaded machine (400
+    # were done once before the SIGINT came).
+    command = _train_command(trained_run.data_dir, snapshot, 100000)
     with started(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as first:
         for line in first.stdout:
             if line.startswith('saved '):
