@@ -322,7 +322,7 @@ def bench_tflite(args, tf, workdir):
 
 def _sample_records(args, workdir):
     """A sample dataset of VOC-sized images and its records; returns (voc_dir, records_dir)."""
-    from libs.datasets.conversion import convert_split
+    from libs.datasets.voc_conversion import convert_split
     from libs.datasets.sample import write_sample_dataset
 
     voc_dir, records_dir = os.path.join(workdir, 'voc'), os.path.join(workdir, 'records')
@@ -350,7 +350,7 @@ def bench_input(args, tf, workdir):
 
 
 def bench_convert(args, tf, workdir):
-    from libs.datasets.conversion import convert_split
+    from libs.datasets.voc_conversion import convert_split
     from libs.datasets.sample import write_sample_dataset
 
     voc_dir = os.path.join(workdir, 'voc')
@@ -364,7 +364,7 @@ def bench_convert(args, tf, workdir):
 
     times = _time_steps({'convert': step}, args.steps, args.warmup)['convert']
     return times, None, {
-        'path': 'libs.datasets.conversion.convert_split',
+        'path': 'libs.datasets.voc_conversion.convert_split',
         'data': f'sample dataset, {args.num_images} images of 375-500 px'}
 
 

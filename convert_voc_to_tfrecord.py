@@ -19,7 +19,7 @@ import sys
 
 import config as config_lib
 import converters
-from libs.datasets import conversion, voc
+from libs.datasets import voc, voc_conversion
 from libs.utils.filesystem import one_line_errors
 
 
@@ -43,7 +43,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     result, seconds, status = converters.run_for_script(
-        lambda: conversion.convert_split(
+        lambda: voc_conversion.convert_split(
             args.voc_dir, args.split_name, args.output_dir, label_dir=args.label_dir,
             split_file=args.split_file, num_shards=args.num_shards,
             num_workers=args.num_workers, skip_invalid=args.skip_invalid,

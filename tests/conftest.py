@@ -29,7 +29,7 @@ def trained_run(tmp_path_factory):
         namespace with `run_dir` (snapshot dir with config.json and checkpoint model-2),
         `voc_dir` (VOC layout) and `data_dir` (train and val shards).
     """
-    from libs.datasets.conversion import convert_split
+    from libs.datasets.voc_conversion import convert_split
     from libs.datasets.sample import write_sample_dataset
     root = tmp_path_factory.mktemp('trained_run')
     voc_dir, data_dir, run_dir = (str(root / name) for name in ('voc', 'records', 'run'))

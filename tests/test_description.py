@@ -92,7 +92,7 @@ def test_the_class_count_and_names_travel_from_the_records_to_the_run(trained_ru
     names in config.json; evaluating the 21-class run on them is refused with both counts."""
     import evaluate
     import train
-    from libs.datasets.conversion import convert_split
+    from libs.datasets.voc_conversion import convert_split
     records = str(tmp_path / 'records25')
     for split in ('train', 'val'):
         convert_split(trained_run.voc_dir, split, records, num_classes=25, num_workers=1,

@@ -25,7 +25,7 @@ CHIEF_TIMEOUT = 240
 @pytest.fixture(scope='module')
 def records(tmp_path_factory):
     """8 train images (4 shards) and 2 val images of 65-97 px."""
-    from libs.datasets.conversion import convert_split
+    from libs.datasets.voc_conversion import convert_split
     from libs.datasets.sample import write_sample_dataset
     root = tmp_path_factory.mktemp('ps_data')
     write_sample_dataset(str(root / 'voc'), num_train=8, num_val=2, size_range=(65, 97), seed=5)

@@ -30,7 +30,7 @@ def explain(done):
 @pytest.fixture(scope='module')
 def records(tmp_path_factory):
     """8 train images of 65-97 px, in 2 shards (one per replica's share of the input)."""
-    from libs.datasets.conversion import convert_split
+    from libs.datasets.voc_conversion import convert_split
     from libs.datasets.sample import write_sample_dataset
     root = tmp_path_factory.mktemp('mirrored_data')
     write_sample_dataset(str(root / 'voc'), num_train=8, num_val=2, size_range=(65, 97), seed=3)

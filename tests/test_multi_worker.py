@@ -33,7 +33,7 @@ STOPPED = 42  # runner.STOPPED, without importing TensorFlow's runner here
 @pytest.fixture(scope='module')
 def records(tmp_path_factory):
     """8 train images (4 shards) and 1 val image of 65-97 px."""
-    from libs.datasets.conversion import convert_split
+    from libs.datasets.voc_conversion import convert_split
     from libs.datasets.sample import write_sample_dataset
     root = tmp_path_factory.mktemp('sync_data')
     write_sample_dataset(str(root / 'voc'), num_train=8, num_val=1, size_range=(65, 97), seed=7)

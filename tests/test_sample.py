@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from libs.datasets import conversion, sample, tfrecord, voc
+from libs.datasets import sample, tfrecord, voc, voc_conversion
 
 SAMPLE_INDICES = {0, 255} | {voc.CLASS_NAMES.index(name) for name in sample.SAMPLE_CLASSES}
 
@@ -71,7 +71,7 @@ def test_same_seed_same_bytes(root, tmp_path):
 def test_converts_cleanly(root, tmp_path):
     root, _ = root
     for split, count in (('train', 10), ('val', 4)):
-        result = conversion.convert_split(str(root), split, str(tmp_path), num_workers=1,
+        result = voc_conversion.convert_split(str(root), split, str(tmp_path), num_workers=1,
                                           progress=False)
         assert (result.num_images, result.skipped, result.warnings) == (count, [], [])
         assert len(tfrecord.list_shards(str(tmp_path), split)) == 4

@@ -12,7 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from config import TrainConfig
-from libs.datasets import conversion, sample
+from libs.datasets import sample, voc_conversion
 from libs.nets.deeplabv3 import DeepLabV3
 from libs.runs import checkpoints
 from libs.training import summaries
@@ -32,7 +32,7 @@ def records(tmp_path_factory):
     sample.write_sample_dataset(str(root / 'voc'), num_train=12, num_val=4, size_range=(65, 81),
                                 seed=3)
     for split in ('train', 'val'):
-        conversion.convert_split(str(root / 'voc'), split, str(root / 'records'), progress=False)
+        voc_conversion.convert_split(str(root / 'voc'), split, str(root / 'records'), progress=False)
     return str(root / 'records')
 
 
@@ -54,7 +54,7 @@ def constant_records(tmp_path_factory):
         png = Image.fromarray(label, mode='L')
         png.save(voc_dir / 'SegmentationClass' / f'{image_id}.png')
     (voc_dir / 'ImageSets/Segmentation/train.txt').write_text('\n'.join(ids) + '\n')
-    conversion.convert_split(str(voc_dir), 'train', str(root / 'records'), num_shards=1,
+    voc_conversion.convert_split(str(voc_dir), 'train', str(root / 'records'), num_shards=1,
                              progress=False)
     return str(root / 'records')
 
@@ -163,7 +163,7 @@ def five_records(tmp_path_factory):
     root = tmp_path_factory.mktemp('five')
     sample.write_sample_dataset(str(root / 'voc'), num_train=5, num_val=1, size_range=(65, 97),
                                 seed=4)
-    conversion.convert_split(str(root / 'voc'), 'train', str(root / 'records'), num_shards=2,
+    voc_conversion.convert_split(str(root / 'voc'), 'train', str(root / 'records'), num_shards=2,
                              progress=False)
     return str(root / 'records')
 
