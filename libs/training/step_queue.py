@@ -29,19 +29,17 @@ class StepResult:
         confusion: int64 [C, C] confusion matrix of its training predictions.
         step: the global step read on the worker right after its update: the step this update
             made, or a step or two later when other workers updated in between.
-        start, end: when the worker began and ended it (seconds since the epoch, its own
-            clock), reading its batch included.
+        seconds: how long its worker ran it (the worker's clock), reading its batch included.
     """
     loss: float
     confusion: object
     step: int
-    start: float
-    end: float
+    seconds: float
 
 
 def _timed(train_step, global_step):
-    """`train_step(iterator, limit)` that also returns the global step after it and when it began
-    and ended."""
+    """`train_step(iterator, limit)` that also returns the global step after it and the seconds
+    it took on its worker."""
 
     @tf.function
     def timed_step(iterator, limit):
@@ -51,7 +49,7 @@ def _timed(train_step, global_step):
         with tf.control_dependencies([loss, confusion, applied]):
             end = tf.timestamp()
             step_after = global_step.read_value()
-        return loss, confusion, applied, step_after, start, end
+        return loss, confusion, applied, step_after, end - start
 
     return timed_step
 
@@ -110,13 +108,13 @@ class StepQueue:
         Raises:
             Whatever a step raised (`tf.errors.OpError`; `UnavailableError` for a lost ps).
         """
-        loss, confusion, applied, step, start, end = self._pending.popleft().fetch()
+        loss, confusion, applied, step, seconds = self._pending.popleft().fetch()
         self._fill()
-        self._busy_seconds += end - start
+        self._busy_seconds += seconds
         if not applied:
             return []
         self._applied += 1
-        return [StepResult(float(loss), confusion, int(step), float(start), float(end))]
+        return [StepResult(float(loss), confusion, int(step), float(seconds))]
 
     def busy_share(self):
         """The share of the time since `aim` that the workers spent running steps, once `idle`:
