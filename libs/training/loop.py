@@ -19,12 +19,12 @@ import tensorflow as tf
 
 import config as config_lib
 from libs.datasets import input_pipeline, tfrecord
+from libs.datasets.class_weights import format_class_weights
 from libs.evaluation.metrics import iou_from_confusion
 from libs.runs import checkpoints, record
 from libs.evaluation.prediction import class_names_of
 from libs.training import loss_scale as loss_scale_lib
 from libs.training import summaries
-from libs.training.class_weights import format_class_weights
 from libs.training.schedules import poly_learning_rate
 from libs.training.background_validation import BackgroundValidation
 from libs.training.initial_weights import initialise
