@@ -17,7 +17,7 @@ def compute_dtype(precision):
     if precision not in ('float32', 'bfloat16', 'float16'):
         raise ValueError(f'precision must be float32, bfloat16 or float16, got {precision!r}')
     if precision == 'float16' and not tf.config.list_physical_devices('GPU'):
-        raise ValueError('--precision float16 needs a GPU: on CPU TensorFlow cannot train it (no '
-                         'float16 gradient of an atrous convolution); use bfloat16 (fast on CPUs '
-                         'with AVX512_BF16)')
+        raise ValueError('--precision float16 needs a GPU: on CPU TensorFlow cannot train in it '
+                         '(no float16 gradient of an atrous convolution) and infers faster in '
+                         'bfloat16; use bfloat16 (fast on CPUs with AVX512_BF16)')
     return tf.as_dtype(precision)
