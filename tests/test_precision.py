@@ -23,7 +23,7 @@ from libs.runs import checkpoints, record
 from libs.training.loop import TrainingDiverged, train
 from libs.training.loss_scale import MAX_SKIPS_IN_A_ROW, DynamicLossScale
 from libs.training.step import build_optimizer, build_train_step
-from test_training import constant_records, tiny_config  # noqa: F401 (a fixture)
+from test_training import _variables, constant_records, tiny_config  # noqa: F401 (a fixture)
 
 SIZE = 49
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -217,12 +217,6 @@ def test_mirrored_bfloat16_and_replicas_skip_together():
     assert change0 == change1 > 0 and result['applied_replicas'] == 0.0
 
 
-def _checkpoint_values(prefix):
-    reader = tf.train.load_checkpoint(prefix)
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if name != '_CHECKPOINTABLE_OBJECT_GRAPH'}
-
-
 def _progress(lines):
     """{step: progress line} of the loop's log."""
     return {int(line.split()[1].split('/')[0]): line for line in lines if line.startswith('step ')
@@ -268,7 +262,7 @@ def test_loop_skips_overflowing_steps_keeps_the_scale_and_resumes_stream_after_t
     for at, line in progress.items():
         assert f'loss scale {2.0 ** (120 - skips[at]):g}, {skips[at]} skipped' in line, line
     assert _tensorboard_scalars(straight_dir, 'skipped_steps') == skips
-    at_3 = _checkpoint_values(os.path.join(straight_dir, 'model-3'))
+    at_3 = _variables(os.path.join(straight_dir, 'model-3'))
     assert at_3['step/.ATTRIBUTES/VARIABLE_VALUE'] == 3
     assert at_3['loss_scale/scale/.ATTRIBUTES/VARIABLE_VALUE'] == scale
     assert at_3['loss_scale/skipped/.ATTRIBUTES/VARIABLE_VALUE'] == skipped
@@ -297,7 +291,7 @@ def test_loop_skips_overflowing_steps_keeps_the_scale_and_resumes_stream_after_t
             seed=config.random_seed, start_example=taken * config.batch_size)))[0].numpy()
     assert config.random_scale and not np.array_equal(batch(3), batch(3 + skipped))
 
-    a, b = (_checkpoint_values(os.path.join(run_dir, 'model-4'))
+    a, b = (_variables(os.path.join(run_dir, 'model-4'))
             for run_dir in (straight_dir, resumed_dir))
     assert a.keys() == b.keys()
     assert max(np.abs(a[name] - at_3[name]).max() for name in a
