@@ -236,31 +236,33 @@ def _tensorboard_scalars(run_dir, tag):
 
 def test_loop_skips_overflowing_steps_keeps_the_scale_and_resumes_stream_after_them(
         trained_run, tmp_path):
-    """The loop's float16 path on float32 compute, with a loss scale of 2^120 (its backward pass
+    """The loop's float16 path on float32 compute, with a loss scale of 2^122 (its backward pass
     overflows, as float16's does with too large a scale). trained_run's float32 run (2 steps, no
-    loss scale, no count of batches taken) is resumed to step 4: the scale starts at 2^120, the
+    loss scale, no count of batches taken) is resumed to step 4: the scale starts at 2^122, the
     first steps are skipped (each halves it, takes a batch, leaves the global step) and shown in
     the log and TensorBoard, and the run still ends at exactly step 4. Its step-3 checkpoint holds
     the scale and the batches taken, and a run resumed from it starts from that scale (not the
-    given 2^120) and continues the stream where the uninterrupted run did, after the skipped
+    given 2^122) and continues the stream where the uninterrupted run did, after the skipped
     steps' batches: its step-4 weights equal the uninterrupted run's."""
+    exponent = 122  # 2^122 times a gradient of 64 overflows float32 (here they reach ~2^9)
     straight_dir = tmp_path / 'straight'
     shutil.copytree(trained_run.run_dir, straight_dir)
     config = dataclasses.replace(config_lib.load_run_config(trained_run.run_dir),
                                  snapshot_dir=str(straight_dir), num_steps=4, save_pred_every=3,
                                  log_every=1)
     lines = []
-    result = train(config, log=lines.append, loss_scale=DynamicLossScale(initial_scale=2.0 ** 120))
+    result = train(config, log=lines.append,
+                   loss_scale=DynamicLossScale(initial_scale=2.0 ** exponent))
     assert result.global_step == 4
-    assert any(' holds no loss scale ' in line and line.endswith(f'starts at {2.0 ** 120:g}')
+    assert any(' holds no loss scale ' in line and line.endswith(f'starts at {2.0 ** exponent:g}')
                for line in lines), lines
     progress = _progress(lines)
     assert sorted(progress) == [3, 4], lines
     skips = {at: int(line.split(' skipped')[0].split()[-1]) for at, line in progress.items()}
-    skipped, scale = skips[3], 2.0 ** (120 - skips[3])
+    skipped, scale = skips[3], 2.0 ** (exponent - skips[3])
     assert skipped >= 1
     for at, line in progress.items():
-        assert f'loss scale {2.0 ** (120 - skips[at]):g}, {skips[at]} skipped' in line, line
+        assert f'loss scale {2.0 ** (exponent - skips[at]):g}, {skips[at]} skipped' in line, line
     assert _tensorboard_scalars(straight_dir, 'skipped_steps') == skips
     at_3 = _variables(os.path.join(straight_dir, 'model-3'))
     assert at_3['step/.ATTRIBUTES/VARIABLE_VALUE'] == 3
@@ -276,10 +278,10 @@ def test_loop_skips_overflowing_steps_keeps_the_scale_and_resumes_stream_after_t
     (resumed_dir / 'checkpoint').write_text('model_checkpoint_path: "model-3"\n')
     lines = []
     resumed = train(dataclasses.replace(config, snapshot_dir=str(resumed_dir)), log=lines.append,
-                    loss_scale=DynamicLossScale(initial_scale=2.0 ** 120))
+                    loss_scale=DynamicLossScale(initial_scale=2.0 ** exponent))
     assert resumed.global_step == 4
     assert not any(' holds no loss scale ' in line for line in lines)
-    assert f'loss scale {2.0 ** (120 - skips[4]):g}, {skips[4]} skipped' in _progress(lines)[4]
+    assert f'loss scale {2.0 ** (exponent - skips[4]):g}, {skips[4]} skipped' in _progress(lines)[4]
 
     # The batch the uninterrupted run took for step 4 is not the 4th of the stream: without the
     # count of batches taken, the resumed run would have trained on another one.
