@@ -279,13 +279,12 @@ def convert_entries(splits, dataset, mapping, output_dir, num_shards=None, num_w
              for split_name, split_valid in valid.items()},
             functools.partial(_encode, mapping=mapping), output_dir, mapper, progress)
         for split_name, split_valid in valid.items():
-            shards = written[split_name]
             description.record_split(dataset, output_dir, split_name, len(split_valid),
                                      np.sum([c.class_pixels for c in split_valid], axis=0),
-                                     shards, labelled=mapping is not None)
+                                     written[split_name], labelled=mapping is not None)
             split_ids = {e.image_id for e in splits[split_name]}
             results[split_name] = ConversionResult(
-                split_name, len(split_valid), shards, output_dir,
+                split_name, len(split_valid), written[split_name], output_dir,
                 [p for p in problems if p.image_id in split_ids], warnings)
     return results
 
