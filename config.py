@@ -170,7 +170,7 @@ def unit_interval(text):
 def class_weights_spec(text):
     """argparse type of `--class-weights`: a method name, or a file of weights (read and
     checked here, its count against the classes once the records are known)."""
-    from libs.training.class_weights import CLASS_WEIGHT_METHODS, read_class_weights
+    from libs.datasets.class_weights import CLASS_WEIGHT_METHODS, read_class_weights
     if text in CLASS_WEIGHT_METHODS:
         return text
     if not os.path.isfile(text):

@@ -10,7 +10,8 @@ The class list has one class a line, in index order: `name`, `name r,g,b` or `na
 (colours for every class or for none; none: VOC's palette). Splits: `--split-list NAME=FILE`
 (repeatable; FILE lists stems, one a line, and the split is written as NAME) or
 `--split-ratio train=0.9,val=0.1 --seed 0` (the default), which shuffles the stems with the
-seed and writes the splits named in the ratio. Every split is validated before any is written.
+seed and writes the splits named in the ratio. Every split is validated before any is written,
+and the splits appear together or not at all (a failure while writing one leaves none).
 
     .venv/bin/python convert_folder_to_tfrecord.py --image-dir mydata/images \\
         --mask-dir mydata/masks --classes mydata/classes.txt --output-dir data/my_records

@@ -16,11 +16,11 @@ from PIL import Image
 import config as config_lib
 import evaluate
 import predict
-from libs.datasets import description, tfrecord, voc
+from libs.datasets import class_weights, description, tfrecord, voc
 from libs.evaluation import prediction
 from libs.nets.deeplabv3 import upsample_logits
 from libs.runs import checkpoints, record
-from libs.training import class_weights, initial_weights
+from libs.training import initial_weights
 from libs.training.step import build_optimizer, build_train_step
 from libs.utils import visualize
 

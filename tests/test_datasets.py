@@ -4,6 +4,7 @@ Each test computes what the records must hold from the files written and the dat
 (cityscapesscripts' label ids -> train ids, ADE20K's 0 -> 255 and k -> k - 1, the folder's class
 list), independently of the converter, and compares it with the decoded records.
 """
+import functools
 import glob
 import os
 import shutil
@@ -294,6 +295,40 @@ def convert_broken(root, out, **kwargs):
     return folder.convert_folder(str(root / 'images'), str(root / 'masks'),
                                  str(root / 'classes.txt'), str(out), num_workers=1,
                                  progress=False, **kwargs)
+
+
+def test_folder_splits_are_written_all_or_none(folder_samples, tmp_path, monkeypatch):
+    """A write failure (a full disk, here raised by the record encoder) on the first image of
+    the second split, once the first split's shards are complete: neither split's shards appear,
+    and the earlier conversion in that folder (its shards and dataset.json) is left as it was."""
+    root = folder_samples / 'palette'
+    out = tmp_path / 'records'
+    convert = functools.partial(
+        folder.convert_folder, str(root / 'images'), str(root / 'masks'),
+        str(root / 'classes.txt'), str(out), split_files={
+            'train': str(root / 'splits' / 'train.txt'), 'val': str(root / 'splits' / 'val.txt')},
+        num_workers=1, progress=False)
+    convert(num_shards=1)
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    assert {'train-00000-of-00001.tfrecord', 'val-00000-of-00001.tfrecord',
+            'dataset.json'} <= set(before)
+
+    val_ids = set(voc.read_split_ids(str(root / 'splits' / 'val.txt')))
+    made = []
+
+    def fail_on_the_second_split(*args):
+        made.append(args[2])
+        if args[2] in val_ids:
+            raise RuntimeError('disk full')
+        return real_make_example(*args)
+
+    real_make_example = tfrecord.make_example
+    monkeypatch.setattr(tfrecord, 'make_example', fail_on_the_second_split)
+    with pytest.raises(RuntimeError, match='disk full'):
+        convert(num_shards=2)
+    assert sorted(made[:-1]) == sorted(voc.read_split_ids(str(root / 'splits' / 'train.txt')))
+    assert made[-1] in val_ids
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
 
 
 def test_folder_unmatched_files_are_named_and_refused_or_skipped(broken_folder, tmp_path):

@@ -1,9 +1,13 @@
 """Training precision: bfloat16 training through the real loop, and the dynamic loss scaling of
-float16 training driven through the real train step with float32 compute (this CPU has no fast
-float16 convolutions; the mechanism does not depend on the compute dtype)."""
+float16 training driven through the real train step and the real loop with float32 compute
+(TensorFlow's CPU kernels have no float16 gradient of an atrous convolution, so float16 cannot
+train this network here; the mechanism does not depend on the compute dtype)."""
 import dataclasses
+import glob
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -13,13 +17,13 @@ import tensorflow as tf
 
 import config as config_lib
 from config import TrainConfig
+from libs.datasets import input_pipeline, tfrecord
 from libs.evaluation.run import evaluate_checkpoint
 from libs.runs import checkpoints, record
-from libs.training import loss_scale as loss_scale_lib
-from libs.training.loop import train
+from libs.training.loop import TrainingDiverged, train
 from libs.training.loss_scale import MAX_SKIPS_IN_A_ROW, DynamicLossScale
 from libs.training.step import build_optimizer, build_train_step
-from test_training import constant_records, tiny_config  # noqa: F401 (a fixture)
+from test_training import _variables, constant_records, tiny_config  # noqa: F401 (a fixture)
 
 SIZE = 49
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,7 +143,7 @@ def test_overflow_skips_and_halves_then_growth_after_the_interval(scaled_step, t
     assert [float(v.numpy()) for v in restored.variables] == [
         float(v.numpy()) for v in scale.variables]
     assert float(restored.scale.numpy()) == 8.0 and int(restored.skipped.numpy()) == skipped
-    assert loss_scale_lib.saved_in(prefix)
+    assert 'loss_scale' in checkpoints.saved_objects(prefix)
 
 
 def test_unscaled_update_does_not_depend_on_the_scale(scaled_step):
@@ -211,3 +215,107 @@ def test_mirrored_bfloat16_and_replicas_skip_together():
     step, scale0, scale1, change0, change1 = applied
     assert step == 1 and scale0 == scale1 == 2.0 ** (120 - len(skipped))
     assert change0 == change1 > 0 and result['applied_replicas'] == 0.0
+
+
+def _progress(lines):
+    """{step: progress line} of the loop's log."""
+    return {int(line.split()[1].split('/')[0]): line for line in lines if line.startswith('step ')
+            and ' loss ' in line}
+
+
+def _tensorboard_scalars(run_dir, tag):
+    """{step: value} of one scalar in the run's TensorBoard events."""
+    values = {}
+    for path in glob.glob(os.path.join(run_dir, 'train', 'events.out.tfevents.*')):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
+def test_loop_skips_overflowing_steps_keeps_the_scale_and_resumes_stream_after_them(
+        trained_run, tmp_path):
+    """The loop's float16 path on float32 compute, with a loss scale of 2^122 (its backward pass
+    overflows, as float16's does with too large a scale). trained_run's float32 run (2 steps, no
+    loss scale, no count of batches taken) is resumed to step 4: the scale starts at 2^122, the
+    first steps are skipped (each halves it, takes a batch, leaves the global step) and shown in
+    the log and TensorBoard, and the run still ends at exactly step 4. Its step-3 checkpoint holds
+    the scale and the batches taken, and a run resumed from it starts from that scale (not the
+    given 2^122) and continues the stream where the uninterrupted run did, after the skipped
+    steps' batches: its step-4 weights equal the uninterrupted run's."""
+    exponent = 122  # 2^122 times a gradient of 64 overflows float32 (here they reach ~2^9)
+    straight_dir = tmp_path / 'straight'
+    shutil.copytree(trained_run.run_dir, straight_dir)
+    config = dataclasses.replace(config_lib.load_run_config(trained_run.run_dir),
+                                 snapshot_dir=str(straight_dir), num_steps=4, save_pred_every=3,
+                                 log_every=1)
+    lines = []
+    result = train(config, log=lines.append,
+                   loss_scale=DynamicLossScale(initial_scale=2.0 ** exponent))
+    assert result.global_step == 4
+    assert any(' holds no loss scale ' in line and line.endswith(f'starts at {2.0 ** exponent:g}')
+               for line in lines), lines
+    progress = _progress(lines)
+    assert sorted(progress) == [3, 4], lines
+    skips = {at: int(line.split(' skipped')[0].split()[-1]) for at, line in progress.items()}
+    skipped, scale = skips[3], 2.0 ** (exponent - skips[3])
+    assert skipped >= 1
+    for at, line in progress.items():
+        assert f'loss scale {2.0 ** (exponent - skips[at]):g}, {skips[at]} skipped' in line, line
+    assert _tensorboard_scalars(straight_dir, 'skipped_steps') == skips
+    at_3 = _variables(os.path.join(straight_dir, 'model-3'))
+    assert at_3['step/.ATTRIBUTES/VARIABLE_VALUE'] == 3
+    assert at_3['loss_scale/scale/.ATTRIBUTES/VARIABLE_VALUE'] == scale
+    assert at_3['loss_scale/skipped/.ATTRIBUTES/VARIABLE_VALUE'] == skipped
+    assert at_3['batches_taken/.ATTRIBUTES/VARIABLE_VALUE'] == 3 + skipped
+
+    resumed_dir = tmp_path / 'resumed'
+    resumed_dir.mkdir()
+    for path in glob.glob(os.path.join(straight_dir, 'model-3.*')) + [
+            os.path.join(straight_dir, 'config.json')]:
+        shutil.copy(path, resumed_dir)
+    (resumed_dir / 'checkpoint').write_text('model_checkpoint_path: "model-3"\n')
+    lines = []
+    resumed = train(dataclasses.replace(config, snapshot_dir=str(resumed_dir)), log=lines.append,
+                    loss_scale=DynamicLossScale(initial_scale=2.0 ** exponent))
+    assert resumed.global_step == 4
+    assert not any(' holds no loss scale ' in line for line in lines)
+    assert f'loss scale {2.0 ** (exponent - skips[4]):g}, {skips[4]} skipped' in _progress(lines)[4]
+
+    # The batch the uninterrupted run took for step 4 is not the 4th of the stream: without the
+    # count of batches taken, the resumed run would have trained on another one.
+    def batch(taken):
+        return next(iter(input_pipeline.train_dataset(
+            tfrecord.list_shards(config.data_dir, config.split_name), config.batch_size,
+            crop_size=config.input_size, random_scale=(config.min_scale, config.max_scale),
+            random_mirror=config.random_mirror, ignore_label=config.ignore_label,
+            seed=config.random_seed, start_example=taken * config.batch_size)))[0].numpy()
+    assert config.random_scale and not np.array_equal(batch(3), batch(3 + skipped))
+
+    a, b = (_variables(os.path.join(run_dir, 'model-4'))
+            for run_dir in (straight_dir, resumed_dir))
+    assert a.keys() == b.keys()
+    assert max(np.abs(a[name] - at_3[name]).max() for name in a
+               if name.startswith('model/') and a[name].dtype.kind == 'f') > 1e-3
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_loop_stops_as_diverged_when_a_step_is_skipped_at_scale_one(constant_records, tmp_path):
+    """Loss scale 1 and an absurd learning rate: step 1 is applied (its loss finite), and makes
+    the weights so large that step 2's loss (its weight decay) is Inf. That skip at scale 1 ends
+    the run as diverged, naming the step, without saving."""
+    config = tiny_config(constant_records, tmp_path / 'diverged', num_steps=4, save_pred_every=4,
+                         learning_rate=1e30, random_scale=False, random_mirror=False)
+    lines = []
+    # No `as`: the exception's traceback would keep the run's input pipeline alive, and its
+    # threads busy, after the test.
+    with pytest.raises(TrainingDiverged, match=re.escape(
+            'a non-finite loss or gradient at loss scale 1 at step 2; stopped without saving. '
+            'The last good checkpoint is None')):
+        train(config, log=lines.append, loss_scale=DynamicLossScale(initial_scale=1.0))
+    progress = _progress(lines)
+    assert list(progress) == [1] and 'loss scale 1, 0 skipped' in progress[1], lines
+    assert np.isfinite(float(progress[1].split('loss ')[1].split()[0]))
+    assert tf.train.latest_checkpoint(config.snapshot_dir) is None

@@ -6,9 +6,10 @@ store to class indices. Two passes:
 1. validate every entry by fully decoding the image and the label and mapping the label, in
    worker processes; any bad entry refuses the whole run before anything is written (or, with
    `skip_invalid`, is left out);
-2. encode and write the shards under temporary names, renamed only once all are complete, so an
-   error or Ctrl-C never leaves a partial shard set behind (`shards.write_shards`), and record
-   each split in the folder's `dataset.json`.
+2. encode and write every split's shards under temporary names, renamed only once all of them
+   are complete, so an error or Ctrl-C never leaves a partial shard set behind, nor some of the
+   splits without the others (`shards.write_splits`), and record each split in the folder's
+   `dataset.json`.
 
 Images and labels are read and checked by `label_files`.
 """
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from libs.datasets import description, voc
 from libs.datasets.label_files import (EntryError, class_pixel_counts, encode_label,
                                        read_image, read_label)
-from libs.datasets.shards import default_num_shards, worker_map, write_shards
+from libs.datasets.shards import default_num_shards, worker_map, write_splits
 from libs.utils import messages
 
 logger = logging.getLogger(__name__)
@@ -211,7 +212,8 @@ def convert_entries(splits, dataset, mapping, output_dir, num_shards=None, num_w
     """Validates the entries of one or more splits, then writes each as
     `{split}-%05d-of-%05d.tfrecord` shards and records it in `dataset.json`.
 
-    Every split is validated before any is written, so a bad entry anywhere refuses them all.
+    Every split is validated before any is written, so a bad entry anywhere refuses them all,
+    and the splits' shards appear together or not at all (`shards.write_splits`).
 
     Args:
         splits: {split name: [`Entry`]}, each list without repeated image ids.
@@ -271,17 +273,18 @@ def convert_entries(splits, dataset, mapping, output_dir, num_shards=None, num_w
             if not valid[split_name]:
                 raise ConversionError(f'no valid entry in split {split_name!r}; nothing was '
                                       'written', problems)
+        written = write_splits(
+            {split_name: (split_valid, min(num_shards or default_num_shards(len(split_valid)),
+                                           len(split_valid)))
+             for split_name, split_valid in valid.items()},
+            functools.partial(_encode, mapping=mapping), output_dir, mapper, progress)
         for split_name, split_valid in valid.items():
-            split_shards = min(num_shards or default_num_shards(len(split_valid)),
-                               len(split_valid))
-            shards = write_shards(split_valid, functools.partial(_encode, mapping=mapping),
-                                  output_dir, split_name, split_shards, mapper, progress)
             description.record_split(dataset, output_dir, split_name, len(split_valid),
                                      np.sum([c.class_pixels for c in split_valid], axis=0),
-                                     shards, labelled=mapping is not None)
+                                     written[split_name], labelled=mapping is not None)
             split_ids = {e.image_id for e in splits[split_name]}
             results[split_name] = ConversionResult(
-                split_name, len(split_valid), shards, output_dir,
+                split_name, len(split_valid), written[split_name], output_dir,
                 [p for p in problems if p.image_id in split_ids], warnings)
     return results
 

@@ -11,7 +11,7 @@ Images and masks are matched by file stem; an image without a mask or a mask wit
 named and refused (or left out with `skip_invalid`). A mask value that is neither a class index
 nor 255 is refused, naming the file and the value. Splits come from lists of stems (one file per
 split, its name the split's) or from ratios over the sorted stems, shuffled with a seed; every
-split is validated before any is written.
+split is validated before any is written, and their shards appear together or not at all.
 """
 import dataclasses
 import logging

@@ -119,8 +119,8 @@ def train_dataset(file_pattern_or_paths, batch_size, crop_size=513, random_scale
     is augmented with the stateless seed (seed, i). `start_example` then resumes the stream
     exactly: whole epochs are skipped without reading them (the record count comes from the
     files' length headers), and the rest of the current epoch is skipped as serialized records,
-    before decoding. A run resumed at step k with `start_example = k * batch_size` sees the
-    batches the uninterrupted run saw from step k.
+    before decoding. A run resumed after taking k batches, with `start_example = k * batch_size`,
+    sees the batches the uninterrupted run saw from there.
 
     Args:
         file_pattern_or_paths: a glob pattern, e.g. 'data/train_aug-*-of-*.tfrecord', or a list

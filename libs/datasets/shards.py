@@ -1,9 +1,11 @@
-"""Writing TFRecord shards of a split atomically, with the encoding spread over worker processes.
+"""Writing TFRecord shards of one or several splits atomically, with the encoding spread over
+worker processes.
 
 Every converter (VOC, Cityscapes, ADE20K and folders through `conversion`, COCO in `coco`) ends
 here: its validated entries are encoded in worker processes and written as
-`{split}-%05d-of-%05d.tfrecord` shards under temporary names, renamed only once all are complete,
-so an error or Ctrl-C never leaves a partial shard set.
+`{split}-%05d-of-%05d.tfrecord` shards under temporary names, renamed only once all of them,
+those of every split of the run, are complete, so an error or Ctrl-C never leaves a partial shard
+set, nor some splits of a run without the others.
 A SIGKILL can leave temporaries: the next conversion of the split removes them (it holds the split
 in that folder, so no other live conversion is writing them). Worker processes end with the
 converter, however it ends.
@@ -83,69 +85,93 @@ def remove_stale_temporaries(output_dir, split_name, log=logger.warning):
 
 
 def write_shards(items, encode, output_dir, split_name, num_shards, mapper=map, progress=True):
-    """Writes `items` as `{split_name}-%05d-of-%05d.tfrecord` shards, atomically.
-
-    Shards are written under temporary names and renamed only once all are complete; on any
-    error (or Ctrl-C) the temporaries are removed and no shard of this run is left behind.
-    Afterwards, shards of `split_name` with another shard count are removed. The split is held in
-    `output_dir` meanwhile (`lock.hold`): a second conversion of it into the same folder refuses;
-    temporaries an earlier killed conversion left are removed first.
-
-    Args:
-        items: the entries to write, in order; contiguous runs of them form the shards.
-        encode: item -> the arguments of `tfrecord.make_example` (image bytes, format, id,
-            height, width, label PNG bytes); a picklable function when `mapper` uses processes.
-        output_dir: created when missing (and removed again if the write fails).
-        split_name: prefix of the shard names.
-        num_shards: at least 1, at most len(items).
-        mapper: an ordered map, e.g. from `worker_map`, that runs `encode`.
-        progress: show a tqdm progress bar on stderr.
+    """Writes `items` as `{split_name}-%05d-of-%05d.tfrecord` shards, atomically: `write_splits`
+    of one split.
 
     Returns:
         The shard paths.
+    """
+    return write_splits({split_name: (items, num_shards)}, encode, output_dir, mapper,
+                        progress)[split_name]
+
+
+def write_splits(splits, encode, output_dir, mapper=map, progress=True):
+    """Writes each split's items as `{split}-%05d-of-%05d.tfrecord` shards: all splits or none.
+
+    Every split's shards are written under temporary names, and all are renamed only once all are
+    complete; on any error (or Ctrl-C) the temporaries are removed and no shard of this run is
+    left behind, in any split. Afterwards, shards of these splits with another shard count are
+    removed. Each split is held in `output_dir` meanwhile (`lock.hold`): a second conversion of
+    one of them into the same folder refuses; temporaries an earlier killed conversion left are
+    removed first.
+
+    Args:
+        splits: {split name (the prefix of its shard names): (items, num_shards)}. Items are
+            the entries to write, in order (contiguous runs of them form the shards);
+            num_shards is at least 1, at most their count.
+        encode: item -> the arguments of `tfrecord.make_example` (image bytes, format, id,
+            height, width, label PNG bytes); a picklable function when `mapper` uses processes.
+        output_dir: created when missing (and removed again if the write fails).
+        mapper: an ordered map, e.g. from `worker_map`, that runs `encode`.
+        progress: show tqdm progress bars on stderr.
+
+    Returns:
+        {split name: its shard paths}.
     Raises:
-        lock.FolderInUse: another live conversion writes this split into `output_dir`.
+        lock.FolderInUse: another live conversion writes one of the splits into `output_dir`.
     """
     created_dir = not os.path.isdir(output_dir)
     try:
-        with lock.hold(output_dir, f'converting split {split_name}', f'.{split_name}.lock',
-                       flag='--output-dir'):
-            remove_stale_temporaries(output_dir, split_name)
-            return _write_held(items, encode, output_dir, split_name, num_shards, mapper,
-                               progress)
+        with contextlib.ExitStack() as held:
+            # In one order, so that two conversions of overlapping splits cannot each hold one.
+            for split_name in sorted(splits):
+                held.enter_context(lock.hold(output_dir, f'converting split {split_name}',
+                                             f'.{split_name}.lock', flag='--output-dir'))
+                remove_stale_temporaries(output_dir, split_name)
+            return _write_held(splits, encode, output_dir, mapper, progress)
     except BaseException:
         if created_dir and os.path.isdir(output_dir) and not os.listdir(output_dir):
             os.rmdir(output_dir)
         raise
 
 
-def _write_held(items, encode, output_dir, split_name, num_shards, mapper, progress):
+def _write_held(splits, encode, output_dir, mapper, progress):
     # TensorFlow is imported only here so that validation workers need not load it.
     import tensorflow as tf
 
     from libs.datasets import tfrecord
 
-    names = [tfrecord.shard_name(split_name, i, num_shards) for i in range(num_shards)]
-    temps = [os.path.join(output_dir, f'.{name}.tmp-{os.getpid()}') for name in names]
+    names = {split_name: [tfrecord.shard_name(split_name, i, num_shards)
+                          for i in range(num_shards)]
+             for split_name, (_, num_shards) in splits.items()}
+    temps = {split_name: [os.path.join(output_dir, f'.{name}.tmp-{os.getpid()}')
+                          for name in split_names]
+             for split_name, split_names in names.items()}
     try:
-        encoded = mapper(encode, items)
-        with tqdm(total=len(items), desc='writing', unit='img', disable=not progress) as bar:
-            for temp, size in zip(temps, _shard_sizes(len(items), num_shards)):
-                with tf.io.TFRecordWriter(temp) as writer:
-                    for args in itertools.islice(encoded, size):
-                        writer.write(tfrecord.make_example(*args).SerializeToString())
-                        bar.update()
-        for temp, name in zip(temps, names):
-            os.replace(temp, os.path.join(output_dir, name))
+        for split_name, (items, num_shards) in splits.items():
+            encoded = mapper(encode, items)
+            with tqdm(total=len(items), desc=f'writing {split_name}', unit='img',
+                      disable=not progress) as bar:
+                for temp, size in zip(temps[split_name], _shard_sizes(len(items), num_shards)):
+                    with tf.io.TFRecordWriter(temp) as writer:
+                        for args in itertools.islice(encoded, size):
+                            writer.write(tfrecord.make_example(*args).SerializeToString())
+                            bar.update()
+        for split_name in splits:
+            for temp, name in zip(temps[split_name], names[split_name]):
+                os.replace(temp, os.path.join(output_dir, name))
     except BaseException:
-        for temp in temps:
+        for temp in itertools.chain(*temps.values()):
             if os.path.exists(temp):
                 os.remove(temp)
         raise
-    # A former conversion of this split with another shard count would make the set ambiguous.
-    stale_re = re.compile(re.escape(split_name) + r'-\d{5}-of-\d{5}\.tfrecord$')
-    for name in sorted(os.listdir(output_dir)):
-        if stale_re.match(name) and name not in names:
-            os.remove(os.path.join(output_dir, name))
-            logger.info('removed stale shard %s', os.path.join(output_dir, name))
-    return [os.path.join(output_dir, name) for name in names]
+    for split_name, split_names in names.items():
+        # A former conversion of this split with another shard count would make the set
+        # ambiguous.
+        stale_re = re.compile(re.escape(split_name) + r'-\d{5}-of-\d{5}\.tfrecord$')
+        for name in sorted(os.listdir(output_dir)):
+            if stale_re.match(name) and name not in split_names:
+                os.remove(os.path.join(output_dir, name))
+                logger.info('removed stale shard %s', os.path.join(output_dir, name))
+    return {split_name: [os.path.join(output_dir, name) for name in split_names]
+            for split_name, split_names in names.items()}

@@ -62,6 +62,11 @@ def describe_checkpoint(prefix):
             'global_step': step}
 
 
+def saved_objects(prefix):
+    """The names of the objects a checkpoint holds at its top level ('model', 'step', ...)."""
+    return {name.split('/')[0] for name, _ in tf.train.list_variables(prefix)}
+
+
 def check_compatible(prefix, num_layers, num_classes, other_classes=False):
     """Refuses a checkpoint written by another architecture, saying which part differs.
 

@@ -7,8 +7,7 @@ import os
 import tensorflow as tf
 
 import config as config_lib
-from libs.datasets import description, voc
-from libs.training import class_weights
+from libs.datasets import class_weights, description, voc
 
 
 # Recorded values that no flag sets, described by what they come from.

@@ -4,7 +4,10 @@ fresh), the slim ImageNet checkpoint (`--imagenet`, the backbone only), or nothi
 import tensorflow as tf
 
 from libs.runs import checkpoints
-from libs.training import loss_scale as loss_scale_lib
+
+# What a resumed checkpoint may lack: the loss scale (the run trained in float32 or bfloat16),
+# the count of batches taken (parameter-server training, or written before it was counted).
+OPTIONAL_ENTRIES = ('loss_scale', 'batches_taken')
 
 
 def initialise(config, model, manager, log):
@@ -14,21 +17,30 @@ def initialise(config, model, manager, log):
         config: the run's `TrainConfig` (restore_from, imagenet, num_classes, num_layers).
         model: its `DeepLabV3`.
         manager: the `tf.train.CheckpointManager` of its snapshot dir, whose checkpoint holds the
-            model, optimiser, global step (and loss scale).
+            model, optimiser, global step (and `OPTIONAL_ENTRIES`). A resumed checkpoint without
+            the loss scale leaves it at its initial value; without the count of batches taken,
+            the count is the global step.
         log: where the line saying where the weights come from goes.
     Returns:
         True when resuming this snapshot dir's own checkpoint.
     """
     if manager.latest_checkpoint:
-        restored = manager.checkpoint
-        if (getattr(restored, 'loss_scale', None) is not None
-                and not loss_scale_lib.saved_in(manager.latest_checkpoint)):
-            # A run trained in another precision has no loss scale: it starts afresh.
-            restored = tf.train.Checkpoint(model=restored.model, optimizer=restored.optimizer,
-                                           step=restored.step)
-        restored.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log(f'Resuming from {manager.latest_checkpoint} at step '
-            f'{int(manager.checkpoint.step.numpy())}')
+        prefix, live = manager.latest_checkpoint, manager.checkpoint
+        saved = checkpoints.saved_objects(prefix)
+        missing = [name for name in OPTIONAL_ENTRIES
+                   if getattr(live, name, None) is not None and name not in saved]
+        kept = {name: getattr(live, name) for name in ('model', 'optimizer', 'step')
+                + OPTIONAL_ENTRIES if getattr(live, name, None) is not None
+                and name not in missing}
+        restored = tf.train.Checkpoint(**kept) if missing else live
+        restored.restore(prefix).assert_existing_objects_matched()
+        step = int(live.step.numpy())
+        log(f'Resuming from {prefix} at step {step}')
+        if 'loss_scale' in missing:
+            log(f'{prefix} holds no loss scale (trained without one): it starts at '
+                f'{float(live.loss_scale.scale.numpy()):g}')
+        if 'batches_taken' in missing:
+            live.batches_taken.assign(step)
         return True
     if config.restore_from:
         prefix, source_step, source_classes = checkpoints.restore_model_weights(

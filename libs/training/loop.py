@@ -19,12 +19,12 @@ import tensorflow as tf
 
 import config as config_lib
 from libs.datasets import input_pipeline, tfrecord
+from libs.datasets.class_weights import format_class_weights
 from libs.evaluation.metrics import iou_from_confusion
 from libs.runs import checkpoints, record
 from libs.evaluation.prediction import class_names_of
 from libs.training import loss_scale as loss_scale_lib
 from libs.training import summaries
-from libs.training.class_weights import format_class_weights
 from libs.training.schedules import poly_learning_rate
 from libs.training.background_validation import BackgroundValidation
 from libs.training.initial_weights import initialise
@@ -115,12 +115,13 @@ def _per_worker_seed(seed):
 
 
 def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = print,
-          writes=True, stop: Optional[Callable[[], bool]] = None):
+          writes=True, stop: Optional[Callable[[], bool]] = None, loss_scale=None):
     """Trains `config` under `strategy` until the global step reaches `config.num_steps`.
 
-    A run resumed from its snapshot dir's checkpoint at step k continues the input stream with
-    the batches the uninterrupted run took from step k on (default and mirrored strategies; the
-    parameter-server workers draw new orders). `<snapshot_dir>/config.json` is written when the
+    A run resumed from its snapshot dir's checkpoint continues the input stream with the batches
+    the uninterrupted run took from there on (default and mirrored strategies; the
+    parameter-server workers draw new orders): the checkpoint counts the batches taken, which
+    skipped float16 steps take too. `<snapshot_dir>/config.json` is written when the
     run starts fresh and never rewritten (see `record.check_snapshot_dir`).
 
     Args:
@@ -136,6 +137,11 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
         stop: called after every step; True saves a checkpoint of that step and raises
             `Stopped`. Under `MultiWorkerMirroredStrategy` every worker must get the same
             answer after the same step (`multi_worker.StopSignal`).
+        loss_scale: a `loss_scale.DynamicLossScale`, created under `strategy`'s scope, to train
+            with whatever the precision. None: float16 creates one that starts at 2^15, the
+            other precisions train unscaled. With float32 compute it runs float16's path (skipped
+            steps, the scale in the checkpoint, the divergence stop) where float16 cannot train:
+            TensorFlow's CPU kernels have no float16 gradient of an atrous convolution.
     Returns:
         `TrainResult`.
     Raises:
@@ -166,11 +172,17 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step',
                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         optimizer = build_optimizer(config, step)
-        # float16 gradients need loss scaling; bfloat16 has float32's range and needs none.
-        loss_scale = (loss_scale_lib.DynamicLossScale() if config.precision == 'float16'
-                      else None)
+        if loss_scale is None and config.precision == 'float16':
+            # float16 gradients need loss scaling; bfloat16 has float32's range and needs none.
+            loss_scale = loss_scale_lib.DynamicLossScale()
+    # Where a resumed run continues its stream: one batch per step taken, applied or skipped.
+    # The parameter-server workers draw their own orders, so there is nothing to count.
+    batches_taken = (tf.Variable(0, dtype=tf.int64, trainable=False, name='batches_taken')
+                     if coordinator is None else None)
+    optional = {'loss_scale': loss_scale, 'batches_taken': batches_taken}
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step,
-                                     **({'loss_scale': loss_scale} if loss_scale else {}))
+                                     **{name: value for name, value in optional.items()
+                                        if value is not None})
     manager = tf.train.CheckpointManager(checkpoint, config.snapshot_dir, config.max_to_keep,
                                          checkpoint_name=CHECKPOINT_NAME)
     resuming = initialise(config, model, manager, log)
@@ -207,11 +219,10 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
     else:
         # One pipeline of global batches, which the step splits over the replicas (see
         # `build_train_step` for why not a distributed dataset); a resumed run continues the
-        # stream after the batches of its first `start_step` steps. Under
-        # MultiWorkerMirroredStrategy every worker reads this same stream and trains on its
-        # replicas' slices of each batch.
+        # stream after the batches it had taken. Under MultiWorkerMirroredStrategy every worker
+        # reads this same stream and trains on its replicas' slices of each batch.
         iterator = iter(dataset_fn(tf.distribute.InputContext(),
-                                   start_example=start_step * config.batch_size))
+                                   start_example=int(batches_taken.numpy()) * config.batch_size))
 
     train_step = build_train_step(model, optimizer, step, strategy, config, loss_scale)
 
@@ -246,6 +257,7 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
             current = queue.reached
         else:
             results = [(*train_step(iterator), None)]
+            batches_taken.assign_add(1)
             current = int(step.numpy())
         for loss, confusion, at in results:
             loss_value = float(loss)

@@ -111,9 +111,3 @@ def unscaled_gradients(tape, loss, variables, loss_scale):
     finite = tf.reduce_all([tf.math.is_finite(loss)]
                            + [tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
     return gradients, tf.cast(tf.logical_not(finite), tf.int32)
-
-
-def saved_in(prefix):
-    """Whether the checkpoint at `prefix` holds a loss scale (runs trained in float32 or
-    bfloat16 have none, and a float16 resume of one starts from `INITIAL_SCALE`)."""
-    return any(name.startswith('loss_scale/') for name, _ in tf.train.list_variables(prefix))

@@ -1,5 +1,5 @@
 """The training objective: pixel-wise softmax cross-entropy with 255 ignored, optionally weighted
-by class (`class_weights.py`), plus weight decay."""
+by class (`libs/datasets/class_weights.py`), plus weight decay."""
 import tensorflow as tf
 
 from libs.nets.deeplabv3 import upsample_logits
