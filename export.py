@@ -1,9 +1,11 @@
-"""Export a trained DeepLabV3 for serving (a SavedModel) or for devices (TFLite, float or int8).
+"""Export a trained DeepLabV3 for serving (a SavedModel), for devices (TFLite, float or int8) or
+for ONNX Runtime (ONNX).
 
     .venv/bin/python export.py --restore-from runs/stage1 --output-dir models/deeplab/1 \\
         --output-stride 8
     .venv/bin/python export.py --restore-from runs/stage1 --output-dir deeplab_int8 \\
         --format tflite --quantize int8 --canvas-size 513
+    .venv/bin/python export.py --restore-from runs/stage1 --output-dir deeplab_onnx --format onnx
 
 SavedModel, signature `serving_default`: input `image_bytes` (scalar string: an encoded JPEG or
 PNG), outputs `semantic` (int32 [H, W]) and `probabilities` (float32 [H, W, C]) at the image's own
@@ -13,7 +15,12 @@ orientation is not applied inside the SavedModel. See docs/serving.md for Tensor
 TFLite: `model.tflite` and `labels.txt`. Input `image` float32 [1, S, S, 3], RGB pixels 0..255 with
 the image at the top left and the rest the mean pixel (S = --canvas-size); output `probabilities`
 [1, S, S, C]. int8 is calibrated on --num-calibration-images records of --calibration-split.
-Batch norm is folded into the convolutions in both formats. The architecture is read from the
+
+ONNX (float32, for ONNX Runtime): `model.onnx` and `labels.txt`. Input `image` uint8 [H, W, 3],
+RGB, any size; outputs `semantic` and `probabilities` as the SavedModel's, with the same inference
+options (the image is decoded by the client). Converted by tf2onnx.
+
+Batch norm is folded into the convolutions in every format. The architecture is read from the
 run's config.json.
 """
 import sys
@@ -27,8 +34,9 @@ def parse_args(argv=None):
     config_lib.add_inference_args(p)
     p.add_argument('--output-dir', required=True,
                    help='the folder to create (must not exist, or be empty)')
-    p.add_argument('--format', choices=('saved_model', 'tflite'), default='saved_model',
-                   help='a SavedModel (any image size, encoded bytes in) or TFLite (one canvas)')
+    p.add_argument('--format', choices=('saved_model', 'tflite', 'onnx'), default='saved_model',
+                   help='a SavedModel (any image size, encoded bytes in), TFLite (one canvas) or '
+                        'ONNX (any image size, uint8 pixels in)')
     p.add_argument('--quantize', choices=('none', 'float16', 'int8'), default='none',
                    help='TFLite: float32 weights, float16 weights, or int8 weights and '
                         'activations (post-training quantization)')
@@ -59,6 +67,8 @@ def parse_args(argv=None):
                     f'{output_stride}; e.g. {larger}')
     elif args.quantize != 'none':
         p.error('--quantize is for --format tflite')
+    elif args.format == 'onnx' and args.precision != 'float32':
+        p.error(f'--format onnx is float32, not --precision {args.precision}')
     config_lib.check_outputs(p, args, folders=('output_dir',))
     return args
 
@@ -76,7 +86,7 @@ def _calibration(args, run_config):
 @one_line_errors
 def main(argv=None):
     args = parse_args(argv)
-    from libs.evaluation import serving, tflite
+    from libs.evaluation import onnx_export, serving, tflite
     from libs.evaluation.inference import InferenceOptions
     from libs.evaluation.prediction import class_colors_of, class_names_of
     from libs.runs.checkpoints import load_trained_model
@@ -91,6 +101,12 @@ def main(argv=None):
             path = tflite.export_tflite(model, args.output_dir, class_names, args.canvas_size,
                                         run_config.output_stride, args.quantize, representative)
             what = (f'TFLite, canvas {args.canvas_size}, quantize {args.quantize}')
+        elif args.format == 'onnx':
+            options = InferenceOptions.from_args(args)
+            path = onnx_export.export_onnx(model, args.output_dir, class_names,
+                                           output_stride=run_config.output_stride,
+                                           options=options)
+            what = f'ONNX opset {onnx_export.OPSET}, {options.describe()}'
         else:
             options = InferenceOptions.from_args(args)
             path = serving.export_saved_model(model, args.output_dir, class_names,

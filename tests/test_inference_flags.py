@@ -55,6 +55,8 @@ def test_float16_without_a_gpu_is_one_line(trained_run, tmp_path, capsys):
     (evaluate, ['--stride', '8'], '--stride needs --crop-size'),
     (export, ['--format', 'tflite', '--flip'], '--format tflite runs one scale'),
     (export, ['--quantize', 'int8'], '--quantize is for --format tflite'),
+    (export, ['--format', 'onnx', '--quantize', 'int8'], '--quantize is for --format tflite'),
+    (export, ['--format', 'onnx', '--precision', 'bfloat16'], '--format onnx is float32'),
     (evaluate, ['--tflite', '/nonexistent/model.tflite'], 'no such file'),
     (evaluate, ['--tflite', '/tmp', '--flip'], '--tflite runs the exported model as it is'),
 ])
