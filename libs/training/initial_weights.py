@@ -1,6 +1,7 @@
-"""Where a training run's first weights come from: its own last checkpoint (a resume), another
-run's checkpoint (`--restore-from`, also into another class count: the classifier then starts
-fresh), the slim ImageNet checkpoint (`--imagenet`, the backbone only), or nothing."""
+"""A training run's checkpoint, and where its first weights come from: its own last checkpoint (a
+resume), another run's checkpoint (`--restore-from`, also into another class count: the
+classifier then starts fresh), the slim ImageNet checkpoint (`--imagenet`, the backbone only), or
+nothing."""
 import tensorflow as tf
 
 from libs.runs import checkpoints
@@ -8,6 +9,28 @@ from libs.runs import checkpoints
 # What a resumed checkpoint may lack: the loss scale (the run trained in float32 or bfloat16),
 # the count of batches taken (parameter-server training, or written before it was counted).
 OPTIONAL_ENTRIES = ('loss_scale', 'batches_taken')
+
+
+def run_checkpoint(model, optimizer, step, loss_scale=None, counts_batches=True):
+    """The checkpoint a run saves: model, optimiser, global step, and what of `OPTIONAL_ENTRIES`
+    it has.
+
+    Args:
+        model, optimizer, step: the run's `DeepLabV3`, optimiser and global step variable.
+        loss_scale: its `loss_scale.DynamicLossScale`, or None.
+        counts_batches: whether the run counts the batches it takes (one per step, applied or
+            skipped), where a resume continues its stream. Parameter-server workers draw their
+            own orders, so there is nothing to count there.
+    Returns:
+        (`tf.train.Checkpoint`, the int64 `batches_taken` variable or None).
+    """
+    batches_taken = (tf.Variable(0, dtype=tf.int64, trainable=False, name='batches_taken')
+                     if counts_batches else None)
+    optional = {'loss_scale': loss_scale, 'batches_taken': batches_taken}
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step,
+                                     **{name: value for name, value in optional.items()
+                                        if value is not None})
+    return checkpoint, batches_taken
 
 
 def initialise(config, model, manager, log):

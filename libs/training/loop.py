@@ -27,7 +27,7 @@ from libs.training import loss_scale as loss_scale_lib
 from libs.training import summaries
 from libs.training.schedules import poly_learning_rate
 from libs.training.background_validation import BackgroundValidation
-from libs.training.initial_weights import initialise
+from libs.training.initial_weights import initialise, run_checkpoint
 from libs.training.step import build_optimizer, build_train_step
 from libs.training.step_queue import StepQueue
 
@@ -175,14 +175,8 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
         if loss_scale is None and config.precision == 'float16':
             # float16 gradients need loss scaling; bfloat16 has float32's range and needs none.
             loss_scale = loss_scale_lib.DynamicLossScale()
-    # Where a resumed run continues its stream: one batch per step taken, applied or skipped.
-    # The parameter-server workers draw their own orders, so there is nothing to count.
-    batches_taken = (tf.Variable(0, dtype=tf.int64, trainable=False, name='batches_taken')
-                     if coordinator is None else None)
-    optional = {'loss_scale': loss_scale, 'batches_taken': batches_taken}
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step,
-                                     **{name: value for name, value in optional.items()
-                                        if value is not None})
+    checkpoint, batches_taken = run_checkpoint(model, optimizer, step, loss_scale,
+                                               counts_batches=coordinator is None)
     manager = tf.train.CheckpointManager(checkpoint, config.snapshot_dir, config.max_to_keep,
                                          checkpoint_name=CHECKPOINT_NAME)
     resuming = initialise(config, model, manager, log)
