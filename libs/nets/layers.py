@@ -7,6 +7,8 @@ moving_mean, moving_variance}`, exactly as slim does, so slim's ImageNet checkpo
 import numpy as np
 import tensorflow as tf
 
+from libs.nets.atrous import atrous_conv2d
+
 BN_EPSILON = 1e-5  # slim's resnet_arg_scope.
 
 
@@ -84,8 +86,10 @@ class Conv2D(tf.Module):
             [B, ceil(H / stride), ceil(W / stride), out].
         """
         kernel = tf.cast(self.kernel, inputs.dtype)
-        if stride == 1:
-            outputs = tf.nn.conv2d(inputs, kernel, 1, 'SAME', dilations=rate)
+        if stride == 1 and rate > 1:
+            outputs = atrous_conv2d(inputs, kernel, rate)
+        elif stride == 1:
+            outputs = tf.nn.conv2d(inputs, kernel, 1, 'SAME')
         else:
             if rate != 1:
                 raise ValueError(f'{self.scope}: a strided conv cannot also be atrous '
