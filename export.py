@@ -90,6 +90,7 @@ def main(argv=None):
     from libs.evaluation.inference import InferenceOptions
     from libs.evaluation.prediction import class_colors_of, class_names_of
     from libs.runs.checkpoints import load_trained_model
+    from libs.runs.lock import FolderInUse
     try:
         model, run_config, prefix, step = load_trained_model(args.restore_from,
                                                              args.output_stride)
@@ -114,7 +115,7 @@ def main(argv=None):
                                               options=options,
                                               class_colors=class_colors_of(run_config))
             what = f'SavedModel, {options.describe()}'
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, FolderInUse) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     print(f'Exported {prefix} (step {step}) to {path}: output stride '

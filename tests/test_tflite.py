@@ -181,3 +181,24 @@ def test_an_export_removes_what_a_killed_export_left(tmp_path):
     assert lines == [f'Removed {stale}, left by an earlier export that was killed']
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, 'export']
     assert (tmp_path / 'export' / 'model.tflite').read_bytes() == b'whole'
+
+
+def test_a_second_writer_of_the_same_export_is_refused_before_it_writes(tmp_path):
+    """Two exports to one folder: the second is refused when it starts, naming the first, and
+    the first completes (before, the second ran its whole conversion and failed at the rename)."""
+    from libs.runs.lock import FolderInUse
+    from libs.utils.image_io import atomic_directory
+    target = tmp_path / 'models' / '1'
+    with atomic_directory(str(target)) as first:
+        (tmp_path / first / 'model.tflite').write_bytes(b'first')
+        with pytest.raises(FolderInUse) as refusal:
+            with atomic_directory(str(target)):
+                raise AssertionError('the second writer got a folder to write')
+        message = str(refusal.value)
+        assert f'writing {target}, pid {os.getpid()}' in message, message
+        assert message.endswith('choose another --output-dir'), message
+        assert os.path.isdir(first)  # the refusal left the first writer's folder alone
+    assert (target / 'model.tflite').read_bytes() == b'first'
+    assert sorted(p.name for p in (tmp_path / 'models').iterdir()) == ['1']  # no lock, no temp
+    with atomic_directory(str(tmp_path / 'models' / '2')):  # released: the next export runs
+        pass

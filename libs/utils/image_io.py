@@ -13,6 +13,8 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageOps
 
+from libs.runs import lock
+
 # Extensions picked up from a folder (lower case). A named file is read whatever its extension.
 IMAGE_EXTENSIONS = ('.bmp', '.gif', '.jpeg', '.jpg', '.png', '.tif', '.tiff', '.webp')
 OVERLAY_SUFFIX = '_overlay.jpg'
@@ -97,39 +99,43 @@ def atomic_directory(output_dir, flag='--output-dir', log=None):
     """Yields a temporary folder beside `output_dir` to fill, and renames it to `output_dir` when
     the block succeeds, so that `output_dir` is either complete or absent (a server watching its
     parent never sees half an export). A killed writer leaves its `.tmp-<name>-<pid>-*` folder;
-    the next call for `output_dir` removes those whose process is gone, and says so.
+    the next call for `output_dir` removes those whose process is gone, and says so. The block
+    holds `output_dir` (`lock.hold` on a lock file beside it), so that a second writer of the same
+    folder is refused before it starts, not after its whole conversion when its rename fails.
 
     Args:
         output_dir: the folder to create; it must not exist, or be empty.
-        flag: the flag that named it, for the refusal.
+        flag: the flag that named it, for the refusals.
         log: called with one line per leftover removed.
 
     Raises:
         FileExistsError: `output_dir` exists and is not empty (nothing is written).
+        lock.FolderInUse: another live process is writing `output_dir`; the message names it.
     """
     output_dir = os.path.abspath(output_dir)
     if os.path.exists(output_dir) and (not os.path.isdir(output_dir) or os.listdir(output_dir)):
         raise FileExistsError(f'{output_dir} already exists and is not empty; remove it or choose '
                               f'another {flag}')
     parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    prefix = f'.tmp-{os.path.basename(output_dir)}-'
-    for name in sorted(os.listdir(parent)):
-        pid = name[len(prefix):].split('-')[0] if name.startswith(prefix) else ''
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-            if log:
-                log(f'Removed {os.path.join(parent, name)}, left by an earlier export that was '
-                    'killed')
-    tmp_dir = tempfile.mkdtemp(dir=parent, prefix=f'{prefix}{os.getpid()}-')
-    try:
-        yield tmp_dir
-        os.chmod(tmp_dir, 0o755)  # mkdtemp makes it private; servers often run as another user
-        # Renaming onto an empty folder replaces it; onto a non-empty one fails (never merges).
-        os.replace(tmp_dir, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+    with lock.hold(parent, f'writing {output_dir}',
+                   lock_file=f'.lock-{os.path.basename(output_dir)}', flag=flag):
+        prefix = f'.tmp-{os.path.basename(output_dir)}-'
+        for name in sorted(os.listdir(parent)):
+            pid = name[len(prefix):].split('-')[0] if name.startswith(prefix) else ''
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+                if log:
+                    log(f'Removed {os.path.join(parent, name)}, left by an earlier export that '
+                        'was killed')
+        tmp_dir = tempfile.mkdtemp(dir=parent, prefix=f'{prefix}{os.getpid()}-')
+        try:
+            yield tmp_dir
+            os.chmod(tmp_dir, 0o755)  # mkdtemp makes it private; servers often run as another user
+            # Renaming onto an empty folder replaces it; onto a non-empty one fails (never merges).
+            os.replace(tmp_dir, output_dir)
+        except BaseException:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
 
 
 def _alive(pid):
