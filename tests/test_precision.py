@@ -319,3 +319,23 @@ def test_loop_stops_as_diverged_when_a_step_is_skipped_at_scale_one(constant_rec
     assert list(progress) == [1] and 'loss scale 1, 0 skipped' in progress[1], lines
     assert np.isfinite(float(progress[1].split('loss ')[1].split()[0]))
     assert tf.train.latest_checkpoint(config.snapshot_dir) is None
+
+
+def test_loop_stops_as_diverged_after_too_many_skips_in_a_row(constant_records, tmp_path):
+    """A loss scale that no halving brings back into range (Inf: every scaled gradient
+    overflows, as when the weights, not the scale, are at fault): the loop skips
+    `MAX_SKIPS_IN_A_ROW` steps, none of which advances the global step, then stops as diverged
+    without saving."""
+    config = tiny_config(constant_records, tmp_path / 'skipping', num_steps=40,
+                         save_pred_every=40, random_scale=False, random_mirror=False)
+    loss_scale = DynamicLossScale(initial_scale=float('inf'))
+    lines = []
+    with pytest.raises(TrainingDiverged, match=re.escape(
+            f'{MAX_SKIPS_IN_A_ROW} float16 steps in a row had non-finite gradients (loss scale '
+            'now inf) at step 1; stopped without saving. The last good checkpoint is None')):
+        train(config, log=lines.append, loss_scale=loss_scale)
+    # It took that many steps, one skip each, and stopped at the first verdict that called it.
+    assert int(loss_scale.skipped.numpy()) == MAX_SKIPS_IN_A_ROW
+    assert int(loss_scale.skips_in_a_row.numpy()) == MAX_SKIPS_IN_A_ROW
+    assert _progress(lines) == {}, lines  # no step was applied
+    assert tf.train.latest_checkpoint(config.snapshot_dir) is None
