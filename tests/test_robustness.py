@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -268,6 +269,74 @@ def test_converter_killed_while_writing_leaves_no_worker_and_rerun_removes_tempo
     assert temporaries() == [] and not os.path.exists(out / '.train.lock')
     assert sorted(os.listdir(out)) == ['dataset.json'] + [
         f'train-{i:05d}-of-00004.tfrecord' for i in range(4)]
+
+
+# A conversion of two splits, new shards in place of an earlier conversion's, that SIGKILLs
+# itself right after its first shard rename: the moment a kill would leave a split mixing the two.
+_KILLED_WHILE_RENAMING = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from libs.datasets import shards
+renamed = []
+real_replace = os.replace
+def replace(source, target):
+    real_replace(source, target)
+    if target.endswith('.tfrecord'):
+        renamed.append(target)
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace
+items = {{'train': ([(b'new-%d' % i, 'png', 'n%d' % i, 1, 1, b'') for i in range(4)], 2),
+          'val': ([(b'new-v', 'png', 'nv', 1, 1, b'')], 1)}}
+shards.write_splits(items, tuple, sys.argv[1], progress=False)
+"""
+
+
+def _write_old_conversion(out):
+    from libs.datasets import shards
+    shards.write_splits({'train': ([(b'old-%d' % i, 'png', f'o{i}', 1, 1, b'') for i in range(4)],
+                                   2),
+                         'val': ([(b'old-v', 'png', 'ov', 1, 1, b'')], 1)},
+                        tuple, str(out), progress=False)
+
+
+def _versions(out):
+    """{shard name: 'new' or 'old'} of the shard files in `out`."""
+    return {name: 'new' if b'new-' in (out / name).read_bytes() else 'old'
+            for name in sorted(os.listdir(out)) if name.endswith('.tfrecord')}
+
+
+@pytest.mark.parametrize('completed_by', ['reader', 'conversion'])
+def test_conversion_killed_between_shard_renames_is_completed_by_the_next_reader_or_conversion(
+        completed_by, tmp_path, caplog):
+    from libs.datasets import shards, tfrecord
+    out = tmp_path / 'records'
+    _write_old_conversion(out)
+    killed = subprocess.Popen([sys.executable, '-c', _KILLED_WHILE_RENAMING.format(root=ROOT),
+                               str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, stderr = killed.communicate(timeout=120)
+    assert killed.returncode == -signal.SIGKILL, stderr[-2000:]
+    # The situation: one split half renamed, the other not at all, the journal left.
+    assert _versions(out) == {'train-00000-of-00002.tfrecord': 'new',
+                              'train-00001-of-00002.tfrecord': 'old',
+                              'val-00000-of-00001.tfrecord': 'old'}
+    journals = [n for n in os.listdir(out) if n.startswith('.renames-')]
+    assert journals == [f'.renames-{socket.gethostname()}-{killed.pid}']
+
+    with caplog.at_level('WARNING', logger='libs.datasets.shards'):
+        if completed_by == 'reader':
+            assert len(tfrecord.list_shards(str(out), 'train')) == 2
+        else:  # the next conversion into the folder, of another split
+            shards.write_splits({'test': ([(b'x', 'png', 't', 1, 1, b'')], 1)}, tuple, str(out),
+                                progress=False)
+    assert f'completed the renames of a conversion that was killed while renaming its shards ' \
+           f'({out / journals[0]}): split(s) train, val' in caplog.text
+    assert {name: version for name, version in _versions(out).items()
+            if not name.startswith('test-')} == {'train-00000-of-00002.tfrecord': 'new',
+                                                 'train-00001-of-00002.tfrecord': 'new',
+                                                 'val-00000-of-00001.tfrecord': 'new'}
+    # No journal, no temporary (the killed run's lock files are released: the kernel drops a
+    # flock with its process, and the next conversion of the split removes the file).
+    assert [n for n in os.listdir(out) if n.startswith('.') and not n.endswith('.lock')] == []
 
 
 def test_checkpoint_save_killed_midway_leaves_temp_that_the_next_run_removes(tmp_path):

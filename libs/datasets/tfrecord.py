@@ -19,6 +19,9 @@ import re
 
 import tensorflow as tf
 
+from libs.datasets.shards import finish_interrupted_renames
+from libs.utils.filesystem import describe
+
 FEATURES = {
     'image/encoded': tf.io.FixedLenFeature((), tf.string),
     'image/filename': tf.io.FixedLenFeature((), tf.string),
@@ -122,10 +125,19 @@ def list_shards(data_dir, split):
 
     Raises:
         FileNotFoundError: the folder is missing, holds no shard of `split` (the message lists
-            the splits it does hold), or the set is incomplete or mixes shard counts.
+            the splits it does hold), or the set is incomplete or mixes shard counts, or a killed
+            conversion's renames (`shards.finish_interrupted_renames`, completed here first)
+            cannot be completed.
     """
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f'TFRecord folder not found: {data_dir}')
+    try:
+        finish_interrupted_renames(data_dir)
+    except OSError as e:
+        raise FileNotFoundError(
+            f'a conversion into {data_dir} was killed while renaming its shards, which may mix '
+            f'two conversions until its renames are completed, and this process cannot complete '
+            f'them ({describe(e)}); run this again as a user who can write there') from None
     found = _shards_by_split(data_dir)
     shards = found.get(split)
     if not shards:

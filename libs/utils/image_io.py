@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from libs.runs import lock
+from libs.utils.processes import alive
 
 # Extensions picked up from a folder (lower case). A named file is read whatever its extension.
 IMAGE_EXTENSIONS = ('.bmp', '.gif', '.jpeg', '.jpg', '.png', '.tif', '.tiff', '.webp')
@@ -122,7 +123,7 @@ def atomic_directory(output_dir, flag='--output-dir', log=None):
         prefix = f'.tmp-{os.path.basename(output_dir)}-'
         for name in sorted(os.listdir(parent)):
             pid = name[len(prefix):].split('-')[0] if name.startswith(prefix) else ''
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not alive(int(pid)):
                 shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
                 if log:
                     log(f'Removed {os.path.join(parent, name)}, left by an earlier export that '
@@ -136,17 +137,6 @@ def atomic_directory(output_dir, flag='--output-dir', log=None):
         except BaseException:
             shutil.rmtree(tmp_dir, ignore_errors=True)
             raise
-
-
-def _alive(pid):
-    """Whether a process with this pid exists (on this host)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # Folders whose dead writers' temporary files this process has removed already.
@@ -169,7 +159,7 @@ def _remove_dead_temporaries(folder):
     for name in names:
         pid = name[len(host_prefix):].split('-')[0] if name.startswith(host_prefix) else ''
         path = os.path.join(folder, name)
-        if pid.isdigit() and not _alive(int(pid)) and os.path.isfile(path):
+        if pid.isdigit() and not alive(int(pid)) and os.path.isfile(path):
             try:
                 os.remove(path)
             except OSError:

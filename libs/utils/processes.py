@@ -1,4 +1,5 @@
-"""Child processes that end with the process that started them, however it ends."""
+"""Child processes that end with the process that started them, however it ends, and whether a
+process is alive."""
 import ctypes
 import os
 import signal
@@ -24,3 +25,14 @@ def die_with_parent(parent_pid, sig=signal.SIGKILL):
             raise OSError(ctypes.get_errno(), 'prctl(PR_SET_PDEATHSIG) failed')
     if os.getppid() != parent_pid:
         os.kill(os.getpid(), sig)
+
+
+def alive(pid):
+    """Whether a process with this pid exists (on this host)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
