@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from libs.nets.atrous import atrous_conv2d
+from libs.nets.atrous import atrous_conv2d, tap_kernel_gradient
 from libs.nets.layers import Conv2D
 
 
@@ -95,3 +95,17 @@ def test_gradient_ops_are_named_like_the_tapes_own_in_a_replica_scope():
     summands = [i.op.name for i in sums[0].inputs]
     assert len(summands) == 2 and all(
         name.startswith('gradient_tape/replica_1/') for name in summands), summands
+
+
+def test_kernel_gradient_of_unknown_spatial_size_equals_the_known_sizes():
+    """Window bounds are Python integers when the size is known while tracing, tensors when it is
+    not (a graph traced for any image size); both give the same gradient."""
+    rng = np.random.default_rng(3)
+    inputs = tf.constant(rng.standard_normal([2, 9, 7, 4]), tf.float32)
+    upstream = tf.constant(rng.standard_normal([2, 9, 7, 3]), tf.float32)
+    known = tap_kernel_gradient(inputs, upstream, 3, 5)
+    unknown = tf.function(lambda x, g: tap_kernel_gradient(x, g, 3, 5), input_signature=[
+        tf.TensorSpec([None, None, None, 4]), tf.TensorSpec([None, None, None, 3])])
+    assert unknown.get_concrete_function().structured_outputs.shape.as_list() == [3, 3, 4, 3]
+    np.testing.assert_array_equal(unknown(inputs, upstream).numpy(), known.numpy())
+    assert np.abs(known.numpy()).max() > 0.1

@@ -554,7 +554,10 @@ def test_second_trainer_refused_then_ctrl_c_says_how_to_resume(trained_run, tmp_
     # Far more steps than it can take while the second trainer starts on a loaded machine (400
     # were done once before the SIGINT came).
     command = _train_command(trained_run.data_dir, snapshot, 100000)
-    with started(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as first:
+    # Ctrl-C as a terminal delivers it: a suite started in the background (`make test &`, a CI
+    # runner without job control) passes SIGINT on as ignored, and Python then keeps ignoring it.
+    with started(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as first:
         for line in first.stdout:
             if line.startswith('saved '):
                 break

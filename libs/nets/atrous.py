@@ -69,18 +69,26 @@ def tap_kernel_gradient(inputs, output_gradient, kernel_size, rate):
     Returns:
         [k, k, C_in, C_out] in the dtype of `inputs`.
     """
-    channels_in = tf.shape(inputs)[-1]
-    channels_out = tf.shape(output_gradient)[-1]
-    height, width = tf.shape(inputs)[1], tf.shape(inputs)[2]
+    channels_in, channels_out = inputs.shape[-1], output_gradient.shape[-1]
+    height, width = inputs.shape[1], inputs.shape[2]
+    if None in (height, width, channels_in, channels_out):
+        # Shapes known only when the graph runs: each window's bounds are computed then.
+        channels_in, channels_out = tf.shape(inputs)[-1], tf.shape(output_gradient)[-1]
+        height, width = tf.shape(inputs)[1], tf.shape(inputs)[2]
+        low, high = tf.maximum, tf.minimum
+    else:
+        # Known when tracing (a training crop): the bounds are Python integers, which keeps the
+        # graph, and the time to build and optimise it, small.
+        low, high = max, min
     taps = []
     for row in range(kernel_size):
         for column in range(kernel_size):
             dy, dx = (row - kernel_size // 2) * rate, (column - kernel_size // 2) * rate
             # Output rows [top, bottom) read input rows [top + dy, bottom + dy), all inside.
-            top = tf.maximum(0, -dy)
-            bottom = tf.maximum(top, tf.minimum(height, height - dy))
-            left = tf.maximum(0, -dx)
-            right = tf.maximum(left, tf.minimum(width, width - dx))
+            top = low(0, -dy)
+            bottom = low(top, high(height, height - dy))
+            left = low(0, -dx)
+            right = low(left, high(width, width - dx))
             seen = tf.reshape(inputs[:, top + dy:bottom + dy, left + dx:right + dx, :],
                               [-1, channels_in])
             gradient = tf.reshape(output_gradient[:, top:bottom, left:right, :], [-1, channels_out])
