@@ -277,12 +277,10 @@ _KILLED_WHILE_RENAMING = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 from libs.datasets import shards
-renamed = []
 real_replace = os.replace
 def replace(source, target):
     real_replace(source, target)
     if target.endswith('.tfrecord'):
-        renamed.append(target)
         os.kill(os.getpid(), signal.SIGKILL)
 os.replace = replace
 items = {{'train': ([(b'new-%d' % i, 'png', 'n%d' % i, 1, 1, b'') for i in range(4)], 2),
