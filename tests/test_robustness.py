@@ -392,9 +392,16 @@ def _kill_launcher_and_check_children(how, records, tmp_path, serving):
         if serving:
             assert wait_until(tasks_serving, timeout=180, interval=0.5)
         children = children_of(launcher.pid)
-        for pid in children:
+
+        def command_line(pid):
             with open(f'/proc/{pid}/cmdline', 'rb') as f:
-                assert b'train_distributed.py' in f.read()
+                return f.read()
+
+        # A child still inside execve shows an empty command line for a moment (seen on a loaded
+        # machine): wait for each to become train_distributed.py.
+        for pid in children:
+            assert wait_until(lambda pid=pid: b'train_distributed.py' in command_line(pid),
+                              timeout=30), (pid, command_line(pid), process_state(pid))
         assert len(children) == 3 and all(alive(pid) for pid in children)
         launcher.send_signal(how)
         status = launcher.wait(timeout=60)
