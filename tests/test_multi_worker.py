@@ -24,6 +24,8 @@ import time
 import numpy as np
 import pytest
 
+from libs.utils.processes import command_line
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 8
 PHASE_TIMEOUT = 400
@@ -91,10 +93,9 @@ class Launch:
     def signal_worker(self, index, signum):
         """Sends `signum` to a worker, after checking that it is alive and training."""
         pid = self.worker_pid(index)
-        with open(f'/proc/{pid}/cmdline', 'rb') as f:
-            command = f.read().split(b'\0')
-        assert command[1].endswith(b'train_distributed.py'), command
-        assert command[command.index(b'--task-index') + 1] == str(index).encode(), command
+        command = command_line(pid)
+        assert command and command[1].endswith('train_distributed.py'), command
+        assert command[command.index('--task-index') + 1] == str(index), command
         with open(f'/proc/{pid}/stat') as f:
             state = f.read().rsplit(')', 1)[1].split()[0]
         assert state in ('R', 'S', 'D'), f'worker {index} is not running (state {state})'

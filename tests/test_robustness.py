@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from libs.runs import leftovers, lock
+from libs.utils.processes import command_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONUNBUFFERED='1')
@@ -393,15 +394,14 @@ def _kill_launcher_and_check_children(how, records, tmp_path, serving):
             assert wait_until(tasks_serving, timeout=180, interval=0.5)
         children = children_of(launcher.pid)
 
-        def command_line(pid):
-            with open(f'/proc/{pid}/cmdline', 'rb') as f:
-                return f.read()
+        def runs_train_distributed(pid):
+            return any(arg.endswith('train_distributed.py') for arg in command_line(pid) or [])
 
         # A child still inside execve shows an empty command line for a moment (seen on a loaded
         # machine): wait for each to become train_distributed.py.
         for pid in children:
-            assert wait_until(lambda pid=pid: b'train_distributed.py' in command_line(pid),
-                              timeout=30), (pid, command_line(pid), process_state(pid))
+            assert wait_until(lambda pid=pid: runs_train_distributed(pid), timeout=30), (
+                pid, command_line(pid), process_state(pid))
         assert len(children) == 3 and all(alive(pid) for pid in children)
         launcher.send_signal(how)
         status = launcher.wait(timeout=60)

@@ -12,6 +12,8 @@ import os
 import re
 import socket
 
+from libs.utils import processes
+
 LOCK_FILE = '.lock'
 
 
@@ -29,12 +31,9 @@ def _with_command(holder):
     match = re.search(r'pid (\d+) on (\S+),', holder)
     if not match or match[2] != socket.gethostname():
         return holder
-    try:
-        with open(f'/proc/{match[1]}/cmdline', 'rb') as f:
-            # Arguments separated by NULs; any newline inside one would break the one-line message.
-            command = ' '.join(f.read().decode(errors='replace').replace('\0', ' ').split())
-    except OSError:
-        return holder
+    arguments = processes.command_line(int(match[1]))
+    # Any newline inside an argument would break the one-line message.
+    command = ' '.join(' '.join(arguments or []).split())
     return f'{holder}: {command}' if command else holder
 
 

@@ -36,3 +36,13 @@ def alive(pid):
     except PermissionError:
         return True
     return True
+
+
+def command_line(pid):
+    """The arguments a process on this host runs with (`/proc/<pid>/cmdline`), or None when it
+    is gone or cannot be read. A process still inside execve shows an empty list for a moment."""
+    try:
+        with open(f'/proc/{pid}/cmdline', 'rb') as f:
+            return [arg.decode(errors='replace') for arg in f.read().split(b'\0') if arg]
+    except OSError:
+        return None
