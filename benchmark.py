@@ -181,7 +181,8 @@ def bench_inference(args, tf):
     traced = predictors['all'].trace_count
     times = _time_steps(steps, args.steps, 0)
 
-    network = tf.function(lambda x: net(x, training=False, output_stride=args.output_stride))
+    network = tf.function(lambda x: net(x, training=False, output_stride=args.output_stride),
+                          autograph=False)
     flops, num_windows = 0, 0
     stride = predictors['all'].stride
     for scale in args.scales:
@@ -240,7 +241,7 @@ def bench_train(args, tf):
     with strategy.scope():
         model = build_model(config, strategy.num_replicas_in_sync)
         global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
-        optimizer = build_optimizer(config, global_step)
+        optimizer = build_optimizer(config, global_step, model.trainable_variables)
         loss_scale = DynamicLossScale() if args.precision == 'float16' else None
     shape = [args.batch_size, args.input_size, args.input_size]
     images = tf.random.stateless_uniform(shape + [3], [0, 1], -120., 130.)
@@ -259,7 +260,8 @@ def bench_train(args, tf):
     times = _time_steps({'train': step}, args.steps, 0)['train']
     retraced = train_step.experimental_get_tracing_count() != traced
     flops = count_flops(train_step.get_concrete_function(iterator))
-    forward = tf.function(lambda x: model(tf.cast(x, args.precision), training=True))
+    forward = tf.function(lambda x: model(tf.cast(x, args.precision), training=True),
+                          autograph=False)
     forward_flops = count_flops(forward.get_concrete_function(tf.TensorSpec(shape + [3])))
     return times, flops, {'path': 'libs.training.step.build_train_step, '
                                   f'{type(strategy).__name__} over '

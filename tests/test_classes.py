@@ -246,8 +246,8 @@ def test_weighted_loss_of_one_step_matches_numpy():
     unweighted = np.sum(valid * cross_entropy) / np.sum(valid)
 
     step = tf.Variable(0, dtype=tf.int64)
-    train_step = build_train_step(model, build_optimizer(config, step), step,
-                                  tf.distribute.get_strategy(), config)
+    optimizer = build_optimizer(config, step, model.trainable_variables)
+    train_step = build_train_step(model, optimizer, step, tf.distribute.get_strategy(), config)
     loss, _ = train_step(iter(tf.data.Dataset.from_tensors((images, labels)).repeat()))
     assert float(loss) == pytest.approx(expected, rel=1e-4)
     assert abs(expected - unweighted) > 100 * 1e-4 * expected  # the weights matter here

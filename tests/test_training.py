@@ -117,7 +117,18 @@ def _variables(prefix):
             if name != '_CHECKPOINTABLE_OBJECT_GRAPH'}
 
 
-def test_resume_keeps_step_and_optimizer_state(constant_records, tmp_path):
+@pytest.fixture
+def undo_op_determinism():
+    """`deterministic=True` turns op determinism on for the whole process
+    (`loop.make_deterministic`); it is turned off after the test, so that the tests after it run
+    the kernels they run alone (measured: test_tflite's int8 agreement fell from 0.93 to 0.88
+    after this test)."""
+    yield
+    from tensorflow.python.framework import config as framework_config
+    framework_config.disable_op_determinism()
+
+
+def test_resume_keeps_step_and_optimizer_state(constant_records, tmp_path, undo_op_determinism):
     """Resuming a 4-step run from its step-2 checkpoint ends with the same weights as the run that
     went straight through: the global step (hence the learning rate) and the momentum survive.
     Every batch is the same image, so the data order cannot explain a difference; deterministic
@@ -301,7 +312,7 @@ def test_train_step_batch_norm_modes(freeze_bn, constant_records):
     strategy = tf.distribute.get_strategy()
     model = checkpoints.build_model(config)
     step = tf.Variable(0, dtype=tf.int64)
-    optimizer = build_optimizer(config, step)
+    optimizer = build_optimizer(config, step, model.trainable_variables)
     images = tf.random.stateless_normal([2, 65, 65, 3], seed=[0, 1]) * 50
     labels = tf.zeros([2, 65, 65], tf.int32)
     iterator = iter(tf.data.Dataset.from_tensors((images, labels)).repeat())

@@ -148,9 +148,11 @@ class MultiScalePredictor:
         self.stride = (None if window is None else
                        _pair(stride, 'stride') if stride is not None else
                        tuple(max(1, 2 * w // 3) for w in self.window))
+        # Without autograph, as the training step (`build_train_step`): the loops here are
+        # Python loops over scales, and the windows' loop is an explicit `tf.while_loop`.
         self._probabilities = tf.function(
             self._compute_probabilities,
-            input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
+            input_signature=[tf.TensorSpec([None, None, 3], tf.float32)], autograph=False)
 
     @property
     def trace_count(self):

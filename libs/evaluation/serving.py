@@ -53,7 +53,8 @@ class ServingModule(tf.Module):
                                         trainable=False, name='class_colors')
         self._predictor = options.predictor(model, num_classes, output_stride)
         self.serve = tf.function(
-            self._serve, input_signature=[tf.TensorSpec([], tf.string, name=INPUT_KEY)])
+            self._serve, input_signature=[tf.TensorSpec([], tf.string, name=INPUT_KEY)],
+            autograph=False)
 
     def _serve(self, image_bytes):
         image = decode_rgb(image_bytes)

@@ -109,7 +109,7 @@ def export_tflite(model, output_dir, class_names, canvas_size=513, output_stride
     folded = FoldedDeepLabV3(model)
 
     @tf.function(input_signature=[tf.TensorSpec([1, canvas_size, canvas_size, 3], tf.float32,
-                                                name=INPUT_NAME)])
+                                                name=INPUT_NAME)], autograph=False)
     def serve(image):
         logits = folded(normalize(image), training=False, output_stride=output_stride)
         logits = upsample_logits(logits, [canvas_size, canvas_size])

@@ -60,7 +60,7 @@ class TrainResult:
     val_miou: Optional[float]
 
 
-@tf.function
+@tf.function(autograph=False)
 def _all_finite(variables):
     """Whether every value of every float variable is finite: checked before each save, since a
     step's loss is computed before its update and cannot vouch for the weights it leaves."""
@@ -171,7 +171,7 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
         model = checkpoints.build_model(config, replicas)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step',
                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        optimizer = build_optimizer(config, step)
+        optimizer = build_optimizer(config, step, model.trainable_variables)
         if loss_scale is None and config.precision == 'float16':
             # float16 gradients need loss scaling; bfloat16 has float32's range and needs none.
             loss_scale = loss_scale_lib.DynamicLossScale()

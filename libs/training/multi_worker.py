@@ -149,7 +149,7 @@ class StopSignal:
     def __init__(self, strategy):
         self.received = False
 
-        @tf.function
+        @tf.function(autograph=False)
         def any_worker(flag):
             flags = strategy.run(tf.identity, args=(flag,))
             return strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None) > 0

@@ -52,17 +52,29 @@ def describe_label_error(error, config):
             'class count the records were converted with')
 
 
-def build_optimizer(config, global_step):
-    """Momentum SGD with the poly learning rate of `global_step`.
+def build_optimizer(config, global_step, variables):
+    """Momentum SGD with the poly learning rate of `global_step`, with the momentum slots of
+    `variables` already created.
 
     The TF1 optimiser works on `tf.Module` variables under the default, mirrored and
     parameter-server strategies alike (a Keras 3 optimiser does not under MirroredStrategy).
-    Create it under the strategy's scope.
+    Create it under the strategy's scope. It would create its slots in the first
+    `apply_gradients`, inside the step's `tf.function`, and a function that creates variables
+    is traced twice; created here, the step is traced once (docs/performance.md, "Start-up").
+
+    Args:
+        config: `TrainConfig` (learning_rate, num_steps, power, momentum).
+        global_step: int64 variable.
+        variables: the variables the optimiser will update (the model's trainable variables).
     """
-    return tf.compat.v1.train.MomentumOptimizer(
+    optimizer = tf.compat.v1.train.MomentumOptimizer(
         learning_rate=lambda: poly_learning_rate(global_step, config.learning_rate,
                                                  config.num_steps, config.power),
         momentum=config.momentum)
+    # What `apply_gradients` does first (cross-replica context, eagerly); a slot that exists is
+    # not created again, and a checkpoint restores into it as into one created later.
+    optimizer._create_slots(list(variables))
+    return optimizer
 
 
 def split_over_replicas(strategy, batch):
@@ -180,7 +192,10 @@ def build_train_step(model, optimizer, global_step, strategy, config, loss_scale
         return (tf.constant(0.0), tf.zeros([config.num_classes] * 2, tf.int64),
                 tf.constant(False))
 
-    @tf.function
+    # Without autograph: the step's conditions are explicit `tf.cond`s (a tensor used as a Python
+    # bool fails the trace loudly), and converting the network's ~570 functions cost seconds of
+    # every trace (docs/performance.md, "Start-up").
+    @tf.function(autograph=False)
     def train_step(iterator, limit=None):
         images, labels = next(iterator)
         if isinstance(images, tf.Tensor):

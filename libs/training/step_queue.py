@@ -41,7 +41,7 @@ def _timed(train_step, global_step):
     """`train_step(iterator, limit)` that also returns the global step after it and the seconds
     it took on its worker."""
 
-    @tf.function
+    @tf.function(autograph=False)
     def timed_step(iterator, limit):
         start = tf.timestamp()
         with tf.control_dependencies([start]):
