@@ -168,10 +168,6 @@ class BatchNorm(tf.Module):
     def _batch_moments(self, inputs):
         """Mean and (biased) variance per channel over batch and space, in float32.
 
-        Synchronised, the variance is the all-reduced sum of squared deviations from the global
-        mean, not E[x^2] - E[x]^2: with float32 activations whose mean is large against their
-        spread, the two terms of the latter cancel and leave mostly rounding error.
-
         Args:
             inputs: [B, H, W, C], this replica's share of the batch.
         Returns:
@@ -180,14 +176,45 @@ class BatchNorm(tf.Module):
         x = tf.cast(inputs, tf.float32)
         if not self._synchronised():
             return tf.nn.moments(x, axes=[0, 1, 2])
-        replica = tf.distribute.get_replica_context()
+        return _synchronised_moments(x, tf.distribute.get_replica_context())
+
+
+def _synchronised_moments(x, replica):
+    """Mean and (biased) variance per channel of every replica's `x`: three all-reduces.
+
+    Forward, two: the sum with the pixel count (one tensor), then the sum of squared deviations
+    from the global mean. Not E[x^2] - E[x]^2: with float32 activations whose mean is large
+    against their spread, its two terms cancel and leave mostly rounding error. Backward, one:
+    every replica's loss uses the shared statistics, so their gradients are the all-reduced sums
+    g_mean and g_var of the replicas' own, and the gradient of x is
+    (g_mean + 2 g_var (x - mean)) / count (the path through the mean in the variance is zero).
+    Each all-reduce differentiated on its own took two more (docs/performance.md, "Start-up").
+
+    Args:
+        x: float32 [B, H, W, C], this replica's share.
+        replica: the `ReplicaContext`.
+    Returns:
+        (mean [C], variance [C]).
+    """
+    @tf.custom_gradient
+    def moments(x):
         count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
-        total, count = replica.all_reduce(tf.distribute.ReduceOp.SUM,
-                                          [tf.reduce_sum(x, axis=[0, 1, 2]), count])
-        mean = total / count
+        summed = replica.all_reduce(tf.distribute.ReduceOp.SUM,
+                                    tf.concat([tf.reduce_sum(x, axis=[0, 1, 2]), count[None]], 0))
+        mean, count = summed[:-1] / summed[-1], summed[-1]
+        deviations = x - mean
         squared_deviations = replica.all_reduce(
-            tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.square(x - mean), axis=[0, 1, 2]))
-        return mean, squared_deviations / count
+            tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.square(deviations), axis=[0, 1, 2]))
+
+        def gradient(g_mean, g_variance):
+            g_mean, g_variance = tf.split(
+                replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.concat([g_mean, g_variance], 0)),
+                2)
+            return (g_mean + 2.0 * g_variance * deviations) / count
+
+        return (mean, squared_deviations / count), gradient
+
+    return moments(x)
 
 
 def _op_determinism_enabled():
