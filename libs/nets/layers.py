@@ -188,7 +188,8 @@ def _synchronised_moments(x, replica):
     every replica's loss uses the shared statistics, so their gradients are the all-reduced sums
     g_mean and g_var of the replicas' own, and the gradient of x is
     (g_mean + 2 g_var (x - mean)) / count (the path through the mean in the variance is zero).
-    Each all-reduce differentiated on its own took two more (docs/performance.md, "Start-up").
+    Differentiating the two forward all-reduces one by one took two backward, each with its own
+    graph of packing and constants (docs/performance.md, "Start-up").
 
     Args:
         x: float32 [B, H, W, C], this replica's share.
