@@ -241,7 +241,7 @@ def bench_train(args, tf):
     with strategy.scope():
         model = build_model(config, strategy.num_replicas_in_sync)
         global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
-        optimizer = build_optimizer(config, global_step, model.trainable_variables)
+        optimizer = build_optimizer(config, global_step, model)
         loss_scale = DynamicLossScale() if args.precision == 'float16' else None
     shape = [args.batch_size, args.input_size, args.input_size]
     images = tf.random.stateless_uniform(shape + [3], [0, 1], -120., 130.)

@@ -49,7 +49,7 @@ def build(config, strategy, images, labels):
         model = checkpoints.build_model(config, strategy.num_replicas_in_sync)
         step = tf.Variable(0, dtype=tf.int64, trainable=False,
                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        optimizer = build_optimizer(config, step, model.trainable_variables)
+        optimizer = build_optimizer(config, step, model)
     train_step = build_train_step(model, optimizer, step, strategy, config)
     iterator = iter(tf.data.Dataset.from_tensors((images, labels)).repeat())
     return model, train_step, iterator

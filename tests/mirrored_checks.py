@@ -76,7 +76,7 @@ def build(config, strategy):
         model = checkpoints.build_model(config, strategy.num_replicas_in_sync)
         step = tf.Variable(0, dtype=tf.int64, trainable=False,
                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        optimizer = build_optimizer(config, step, model.trainable_variables)
+        optimizer = build_optimizer(config, step, model)
     train_step = build_train_step(model, optimizer, step, strategy, config)
     images, labels = fixed_batch()
 
@@ -246,7 +246,7 @@ def precision_check():
         model = checkpoints.build_model(config, strategy.num_replicas_in_sync)
         step = tf.Variable(0, dtype=tf.int64, trainable=False,
                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        optimizer = build_optimizer(config, step, model.trainable_variables)
+        optimizer = build_optimizer(config, step, model)
         loss_scale = DynamicLossScale(initial_scale=2.0 ** 120, growth_interval=3)
     train_step = build_train_step(model, optimizer, step, strategy, config, loss_scale)
     iterator = iter(tf.data.Dataset.from_tensors((images, labels)).repeat())

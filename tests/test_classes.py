@@ -246,7 +246,7 @@ def test_weighted_loss_of_one_step_matches_numpy():
     unweighted = np.sum(valid * cross_entropy) / np.sum(valid)
 
     step = tf.Variable(0, dtype=tf.int64)
-    optimizer = build_optimizer(config, step, model.trainable_variables)
+    optimizer = build_optimizer(config, step, model)
     train_step = build_train_step(model, optimizer, step, tf.distribute.get_strategy(), config)
     loss, _ = train_step(iter(tf.data.Dataset.from_tensors((images, labels)).repeat()))
     assert float(loss) == pytest.approx(expected, rel=1e-4)

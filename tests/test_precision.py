@@ -89,7 +89,7 @@ def scaled_step():
                          learning_rate=0.01, num_steps=100, bn_decay=0.9, random_seed=1)
     model = checkpoints.build_model(config)
     step = tf.Variable(0, dtype=tf.int64)
-    optimizer = build_optimizer(config, step, model.trainable_variables)
+    optimizer = build_optimizer(config, step, model)
     loss_scale = DynamicLossScale(initial_scale=2.0 ** 120, growth_interval=3)
     train_step = build_train_step(model, optimizer, step, tf.distribute.get_strategy(), config,
                                   loss_scale)

@@ -313,7 +313,7 @@ def test_train_step_batch_norm_modes(freeze_bn, constant_records):
     strategy = tf.distribute.get_strategy()
     model = checkpoints.build_model(config)
     step = tf.Variable(0, dtype=tf.int64)
-    optimizer = build_optimizer(config, step, model.trainable_variables)
+    optimizer = build_optimizer(config, step, model)
     images = tf.random.stateless_normal([2, 65, 65, 3], seed=[0, 1]) * 50
     labels = tf.zeros([2, 65, 65], tf.int32)
     iterator = iter(tf.data.Dataset.from_tensors((images, labels)).repeat())

@@ -199,10 +199,11 @@ def _synchronised_moments(x, replica):
     """
     @tf.custom_gradient
     def moments(x):
-        count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
+        pixels = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
         summed = replica.all_reduce(tf.distribute.ReduceOp.SUM,
-                                    tf.concat([tf.reduce_sum(x, axis=[0, 1, 2]), count[None]], 0))
-        mean, count = summed[:-1] / summed[-1], summed[-1]
+                                    tf.concat([tf.reduce_sum(x, axis=[0, 1, 2]), pixels[None]], 0))
+        count = summed[-1]  # every replica's pixels
+        mean = summed[:-1] / count
         deviations = x - mean
         squared_deviations = replica.all_reduce(
             tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.square(deviations), axis=[0, 1, 2]))

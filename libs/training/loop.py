@@ -171,7 +171,7 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
         model = checkpoints.build_model(config, replicas)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step',
                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        optimizer = build_optimizer(config, step, model.trainable_variables)
+        optimizer = build_optimizer(config, step, model)
         if loss_scale is None and config.precision == 'float16':
             # float16 gradients need loss scaling; bfloat16 has float32's range and needs none.
             loss_scale = loss_scale_lib.DynamicLossScale()

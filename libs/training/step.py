@@ -52,9 +52,9 @@ def describe_label_error(error, config):
             'class count the records were converted with')
 
 
-def build_optimizer(config, global_step, variables):
+def build_optimizer(config, global_step, model):
     """Momentum SGD with the poly learning rate of `global_step`, with the momentum slots of
-    `variables` already created.
+    `model`'s trainable variables (those `build_train_step` updates) already created.
 
     The TF1 optimiser works on `tf.Module` variables under the default, mirrored and
     parameter-server strategies alike (a Keras 3 optimiser does not under MirroredStrategy).
@@ -65,7 +65,7 @@ def build_optimizer(config, global_step, variables):
     Args:
         config: `TrainConfig` (learning_rate, num_steps, power, momentum).
         global_step: int64 variable.
-        variables: the variables the optimiser will update (the model's trainable variables).
+        model: the `DeepLabV3` it will train.
     """
     optimizer = tf.compat.v1.train.MomentumOptimizer(
         learning_rate=lambda: poly_learning_rate(global_step, config.learning_rate,
@@ -73,7 +73,7 @@ def build_optimizer(config, global_step, variables):
         momentum=config.momentum)
     # What `apply_gradients` does first (cross-replica context, eagerly); a slot that exists is
     # not created again, and a checkpoint restores into it as into one created later.
-    optimizer._create_slots(list(variables))
+    optimizer._create_slots(list(model.trainable_variables))
     return optimizer
 
 
