@@ -14,12 +14,30 @@ import tensorflow as tf
 
 from libs.nets.aspp import ASPP
 from libs.nets.deeplabv3 import DeepLabV3
-from libs.nets.layers import BN_EPSILON, Conv2D
+from libs.nets.layers import BN_EPSILON, Conv2D, ConvBN, DepthwiseConv2D, SeparableConvBN
 from libs.nets.resnet_v1 import Bottleneck, ResNetV1
 
 # The model's inference path (`tf.compat.v1.nn.fused_batch_norm`) raises epsilon to at least
 # 1.001e-5; folding uses the same value, so that it reproduces those logits, not a near copy.
-INFERENCE_EPSILON = max(BN_EPSILON, 1.001e-5)
+MIN_INFERENCE_EPSILON = 1.001e-5
+INFERENCE_EPSILON = max(BN_EPSILON, MIN_INFERENCE_EPSILON)
+
+
+def _folded_conv_class(conv):
+    return FoldedDepthwiseConv2D if isinstance(conv, DepthwiseConv2D) else FoldedConv2D
+
+
+def _scale_and_bias(conv, bn, channels):
+    """Per output channel, the scale the kernel takes and the bias, in float64."""
+    scale, bias = np.ones(channels), np.zeros(channels)
+    if bn is not None:
+        epsilon = max(bn.epsilon, MIN_INFERENCE_EPSILON)
+        scale = (bn.gamma.numpy().astype(np.float64)
+                 / np.sqrt(bn.moving_variance.numpy().astype(np.float64) + epsilon))
+        bias = bn.beta.numpy() - scale * bn.moving_mean.numpy()
+    if conv.bias is not None:
+        bias = bias + scale * conv.bias.numpy()
+    return scale, bias
 
 
 class FoldedConv2D(Conv2D):
@@ -33,17 +51,63 @@ class FoldedConv2D(Conv2D):
         tf.Module.__init__(self, name=None)
         self.scope = conv.scope
         self.kernel_size = conv.kernel_size
-        channels = conv.kernel.shape[-1]
-        scale, bias = np.ones(channels), np.zeros(channels)
-        if bn is not None:
-            scale = (bn.gamma.numpy().astype(np.float64)
-                     / np.sqrt(bn.moving_variance.numpy().astype(np.float64) + INFERENCE_EPSILON))
-            bias = bn.beta.numpy() - scale * bn.moving_mean.numpy()
-        if conv.bias is not None:
-            bias = bias + scale * conv.bias.numpy()
+        self.padding = conv.padding
+        scale, bias = _scale_and_bias(conv, bn, conv.kernel.shape[-1])
         self.kernel = tf.Variable((conv.kernel.numpy() * scale).astype(np.float32),
                                   name=f'{conv.scope}/weights')
         self.bias = tf.Variable(bias.astype(np.float32), name=f'{conv.scope}/biases')
+
+
+class FoldedDepthwiseConv2D(DepthwiseConv2D):
+    """A `DepthwiseConv2D` with its batch norm folded in: `<scope>/depthwise_weights` scaled per
+    channel (axis 2), and `<scope>/biases`."""
+
+    def __init__(self, conv, bn=None):
+        tf.Module.__init__(self, name=None)
+        self.scope = conv.scope
+        self.kernel_size = conv.kernel_size
+        self.padding = conv.padding
+        scale, bias = _scale_and_bias(conv, bn, conv.kernel.shape[2])
+        self.kernel = tf.Variable(
+            (conv.kernel.numpy() * scale[:, np.newaxis]).astype(np.float32),
+            name=f'{conv.scope}/depthwise_weights')
+        self.bias = tf.Variable(bias.astype(np.float32), name=f'{conv.scope}/biases')
+
+
+def fold(module):
+    """A copy of `module` for inference with every batch norm folded into its convolution.
+
+    `ConvBN` units are folded; the ResNet and ASPP modules, whose checkpoints name their
+    (convolution, batch norm) pairs by attribute, have folded classes of their own; any other
+    module is copied with its parts folded, and runs its own forward code unchanged.
+    """
+    if isinstance(module, ConvBN):
+        folded = object.__new__(ConvBN)
+        tf.Module.__init__(folded, name=None)
+        folded.conv = _folded_conv_class(module.conv)(module.conv, module.bn)
+        folded.bn = _identity
+        folded.activation = module.activation
+        return folded
+    if isinstance(module, ResNetV1):
+        return _FoldedResNetV1(module)
+    if isinstance(module, ASPP):
+        return _FoldedASPP(module)
+    if isinstance(module, Conv2D):
+        return FoldedConv2D(module)
+    if isinstance(module, tf.Module):
+        copy = object.__new__(type(module))
+        tf.Module.__init__(copy, name=None)
+        for name, value in vars(module).items():
+            if not name.startswith('_'):
+                setattr(copy, name, fold(value))
+        return copy
+    if isinstance(module, list):
+        return [fold(item) for item in module]
+    if isinstance(module, tuple) and not hasattr(module, '_fields'):
+        return tuple(fold(item) for item in module)
+    if isinstance(module, dict):
+        return {key: fold(value) for key, value in module.items()}
+    return module
 
 
 def _identity(inputs, training):
@@ -70,7 +134,10 @@ class _FoldedResNetV1(ResNetV1):
         self.depth = backbone.depth
         self.multi_grid = backbone.multi_grid
         self.scope = backbone.scope
-        self.conv1, self.bn1 = FoldedConv2D(backbone.conv1, backbone.bn1), _identity
+        if getattr(backbone, 'root', None):
+            self.root = [fold(conv) for conv in backbone.root]
+        else:
+            self.conv1, self.bn1 = FoldedConv2D(backbone.conv1, backbone.bn1), _identity
         self.blocks = [[_FoldedBottleneck(unit) for unit in units] for units in backbone.blocks]
         self.out_channels = backbone.out_channels
 
@@ -78,7 +145,11 @@ class _FoldedResNetV1(ResNetV1):
 class _FoldedASPP(ASPP):
     def __init__(self, aspp):
         tf.Module.__init__(self, name=None)
-        self.branches = [(FoldedConv2D(conv, bn), _identity) for conv, bn in aspp.branches]
+        self.rates_at_os16 = aspp.rates_at_os16
+        self.separable = aspp.separable
+        self.pooling_first = aspp.pooling_first
+        self.branches = [fold(branch) if isinstance(branch, SeparableConvBN)
+                         else (FoldedConv2D(*branch), _identity) for branch in aspp.branches]
         self.pool_conv, self.pool_bn = FoldedConv2D(aspp.pool_conv, aspp.pool_bn), _identity
         self.projection = FoldedConv2D(aspp.projection, aspp.projection_bn)
         self.projection_bn = _identity
@@ -101,11 +172,9 @@ class FoldedDeepLabV3(DeepLabV3):
 
     def __init__(self, model):
         tf.Module.__init__(self, name='deeplabv3_folded')
-        self.num_classes = model.num_classes
-        self.output_stride = model.output_stride
-        self.backbone = _FoldedResNetV1(model.backbone)
-        self.aspp = _FoldedASPP(model.aspp)
-        self.classifier = FoldedConv2D(model.classifier)
+        for name, value in vars(model).items():
+            if not name.startswith('_'):
+                setattr(self, name, fold(value))
 
     def __call__(self, images, training=False, output_stride=None):
         """Logits [B, ceil(H / OS), ceil(W / OS), num_classes] of normalised images [B, H, W, 3].

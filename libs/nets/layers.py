@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from libs.nets.atrous import atrous_conv2d
 
-BN_EPSILON = 1e-5  # slim's resnet_arg_scope.
+BN_EPSILON = 1e-5  # slim's resnet_arg_scope, and the DeepLab head's.
+PADDINGS = ('fixed', 'same')
 
 
 def slim_variance_scaling(shape, rng):
@@ -38,6 +39,29 @@ def slim_variance_scaling(shape, rng):
     return (values * stddev).astype(np.float32)
 
 
+def truncated_normal(shape, stddev, rng):
+    """`tf.truncated_normal_initializer(stddev)` as slim draws it (values past two standard
+    deviations drawn again), from `rng`: the initialiser of MobileNetV2 (0.09) and of the DeepLab
+    head's separable convolutions (0.33 depthwise, 0.06 pointwise)."""
+    values = rng.standard_normal(size=shape)
+    outside = np.abs(values) >= 2.0
+    while outside.any():
+        values[outside] = rng.standard_normal(size=int(outside.sum()))
+        outside = np.abs(values) >= 2.0
+    return (values * stddev).astype(np.float32)
+
+
+def resize_aligned_corners(images, size):
+    """Bilinear resize of [B, h, w, C] to `size` (H, W) with corners aligned: pixel i goes to
+    i * (H - 1) / (h - 1), so the first and last rows and columns stay in place.
+
+    TensorFlow 2's `tf.image.resize` has no corner alignment; this is the op behind TF1's
+    `resize_bilinear(align_corners=True)`, which the reference DeepLab uses. Returns float32.
+    """
+    return tf.raw_ops.ResizeBilinear(images=images, size=size, align_corners=True,
+                                     half_pixel_centers=False)
+
+
 def fixed_padding(inputs, kernel_size, rate=1):
     """Pads like slim's `conv2d_same`, so a strided VALID conv samples pixels 0, s, 2s, ...
 
@@ -60,16 +84,24 @@ def fixed_padding(inputs, kernel_size, rate=1):
 class Conv2D(tf.Module):
     """A 2-D convolution with slim's names: `<scope>/weights` [k, k, in, out], `<scope>/biases` [out].
 
-    Convolutions followed by batch norm have no bias.
+    Convolutions followed by batch norm have no bias. `padding` says how a strided convolution
+    pads: 'fixed' like slim's `conv2d_same` (ResNet, Xception: features sit on every s-th input
+    pixel for any input size), 'same' as TensorFlow's 'SAME' (MobileNetV2, whose checkpoints were
+    trained so; on even sizes it pads one pixel less before).
     """
 
-    def __init__(self, scope, kernel_size, in_channels, out_channels, rng, use_bias=False):
+    def __init__(self, scope, kernel_size, in_channels, out_channels, rng, use_bias=False,
+                 padding='fixed', stddev=None):
         super().__init__(name=None)
+        if padding not in PADDINGS:
+            raise ValueError(f'{scope}: padding must be one of {PADDINGS}, got {padding!r}')
         self.scope = scope
         self.kernel_size = kernel_size
+        self.padding = padding
+        shape = [kernel_size, kernel_size, in_channels, out_channels]
         self.kernel = tf.Variable(
-            slim_variance_scaling([kernel_size, kernel_size, in_channels, out_channels], rng),
-            name=f'{scope}/weights')
+            slim_variance_scaling(shape, rng) if stddev is None
+            else truncated_normal(shape, stddev, rng), name=f'{scope}/weights')
         self.bias = (tf.Variable(tf.zeros([out_channels]), name=f'{scope}/biases')
                      if use_bias else None)
 
@@ -91,10 +123,52 @@ class Conv2D(tf.Module):
         elif stride == 1:
             outputs = tf.nn.conv2d(inputs, kernel, 1, 'SAME')
         else:
-            if rate != 1:
-                raise ValueError(f'{self.scope}: a strided conv cannot also be atrous '
-                                 f'(stride={stride}, rate={rate})')
-            outputs = tf.nn.conv2d(fixed_padding(inputs, self.kernel_size), kernel, stride, 'VALID')
+            _check_not_strided_and_atrous(self.scope, stride, rate)
+            if self.padding == 'same':
+                outputs = tf.nn.conv2d(inputs, kernel, stride, 'SAME')
+            else:
+                outputs = tf.nn.conv2d(fixed_padding(inputs, self.kernel_size), kernel, stride,
+                                       'VALID')
+        if self.bias is not None:
+            outputs = tf.nn.bias_add(outputs, tf.cast(self.bias, outputs.dtype))
+        return outputs
+
+
+def _check_not_strided_and_atrous(scope, stride, rate):
+    if rate != 1:
+        raise ValueError(f'{scope}: a strided conv cannot also be atrous '
+                         f'(stride={stride}, rate={rate})')
+
+
+class DepthwiseConv2D(tf.Module):
+    """A depthwise 2-D convolution with slim's names: `<scope>/depthwise_weights` [k, k, C, 1],
+    `<scope>/biases` [C] (only when folded). Padding as `Conv2D`'s."""
+
+    def __init__(self, scope, kernel_size, channels, rng, padding='fixed', stddev=0.33):
+        super().__init__(name=None)
+        if padding not in PADDINGS:
+            raise ValueError(f'{scope}: padding must be one of {PADDINGS}, got {padding!r}')
+        self.scope = scope
+        self.kernel_size = kernel_size
+        self.padding = padding
+        self.kernel = tf.Variable(
+            truncated_normal([kernel_size, kernel_size, channels, 1], stddev, rng),
+            name=f'{scope}/depthwise_weights')
+        self.bias = None
+
+    def __call__(self, inputs, stride=1, rate=1):
+        """[B, H, W, C] -> [B, ceil(H / stride), ceil(W / stride), C]."""
+        kernel = tf.cast(self.kernel, inputs.dtype)
+        if stride == 1:
+            outputs = tf.nn.depthwise_conv2d(inputs, kernel, [1, 1, 1, 1], 'SAME',
+                                             dilations=[rate, rate])
+        else:
+            _check_not_strided_and_atrous(self.scope, stride, rate)
+            if self.padding == 'fixed':
+                inputs, padding = fixed_padding(inputs, self.kernel_size), 'VALID'
+            else:
+                padding = 'SAME'
+            outputs = tf.nn.depthwise_conv2d(inputs, kernel, [1, stride, stride, 1], padding)
         if self.bias is not None:
             outputs = tf.nn.bias_add(outputs, tf.cast(self.bias, outputs.dtype))
         return outputs
@@ -114,9 +188,11 @@ class BatchNorm(tf.Module):
     - inference: `training=False`. Normalises with the moving statistics.
     """
 
-    def __init__(self, scope, channels, decay=0.9997, frozen=False, sync=False):
+    def __init__(self, scope, channels, decay=0.9997, frozen=False, sync=False,
+                 epsilon=BN_EPSILON):
         super().__init__(name=None)
         self.scope = f'{scope}/BatchNorm'
+        self.epsilon = epsilon
         self.decay = decay
         self.frozen = frozen
         self.sync = sync
@@ -140,18 +216,18 @@ class BatchNorm(tf.Module):
         if not training or self.frozen:
             outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
                 inputs, gamma, beta, mean=self.moving_mean, variance=self.moving_variance,
-                epsilon=BN_EPSILON, is_training=False)
+                epsilon=self.epsilon, is_training=False)
             return outputs
         if self._synchronised() or _op_determinism_enabled():
             mean, variance = self._batch_moments(inputs)
             outputs = tf.nn.batch_normalization(
                 inputs, tf.cast(mean, inputs.dtype), tf.cast(variance, inputs.dtype),
-                tf.cast(beta, inputs.dtype), tf.cast(gamma, inputs.dtype), BN_EPSILON)
+                tf.cast(beta, inputs.dtype), tf.cast(gamma, inputs.dtype), self.epsilon)
         else:
             # One fused op (and one for its gradient) in place of the ~10 element-wise passes of
             # moments + batch_normalization (docs/performance.md).
             outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-                inputs, gamma, beta, epsilon=BN_EPSILON, is_training=True)
+                inputs, gamma, beta, epsilon=self.epsilon, is_training=True)
             # The op returns the unbiased variance, m / (m - 1) times the one it normalised with;
             # the moving average takes the biased one, as the unfused path does.
             count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], tf.float32)
@@ -227,3 +303,54 @@ def _op_determinism_enabled():
     """
     from tensorflow.python.framework import config  # pylint: disable=g-direct-tensorflow-import
     return getattr(config, 'is_op_determinism_enabled', lambda: False)()
+
+
+class ConvBN(tf.Module):
+    """A convolution (`Conv2D` or `DepthwiseConv2D`), its batch norm and an activation: slim's
+    `conv2d(normalizer_fn=batch_norm, activation_fn=...)`, the unit the newer networks are built
+    of, and the unit `folding.fold` folds.
+
+    Args:
+        conv: the convolution, without bias.
+        bn_args: keyword arguments of `BatchNorm` (decay, frozen, sync, epsilon).
+        activation: e.g. `tf.nn.relu`, `tf.nn.relu6`, or None.
+    """
+
+    def __init__(self, conv, bn_args, activation=None):
+        super().__init__(name=None)
+        self.conv = conv
+        channels = conv.kernel.shape[2] if isinstance(conv, DepthwiseConv2D) else \
+            conv.kernel.shape[3]
+        self.bn = BatchNorm(conv.scope, channels, **bn_args)
+        self.activation = activation
+
+    def __call__(self, inputs, training, stride=1, rate=1):
+        net = self.bn(self.conv(inputs, stride=stride, rate=rate), training)
+        return self.activation(net) if self.activation is not None else net
+
+
+class SeparableConvBN(tf.Module):
+    """The reference DeepLab's split separable convolution: a 3x3 depthwise convolution with batch
+    norm and activation under `<scope>_depthwise`, then a 1x1 convolution with batch norm and
+    activation under `<scope>_pointwise` (research/deeplab `_split_separable_conv2d`, Xception's
+    `separable_conv2d_same`).
+
+    Args:
+        activation: applied after both halves (None: neither, as Xception's modules but the last).
+        stddevs: initialiser standard deviations of the depthwise and pointwise kernels (None for
+            the pointwise: slim's variance scaling).
+    """
+
+    def __init__(self, scope, in_channels, out_channels, rng, bn_args, activation=tf.nn.relu,
+                 padding='fixed', stddevs=(0.33, 0.06)):
+        super().__init__(name=None)
+        self.depthwise = ConvBN(DepthwiseConv2D(f'{scope}_depthwise', 3, in_channels, rng,
+                                                padding=padding, stddev=stddevs[0]),
+                                bn_args, activation)
+        self.pointwise = ConvBN(Conv2D(f'{scope}_pointwise', 1, in_channels, out_channels, rng,
+                                       stddev=stddevs[1]), bn_args, activation)
+
+    def __call__(self, inputs, training, stride=1, rate=1):
+        """[B, H, W, in] -> [B, ceil(H / stride), ceil(W / stride), out]."""
+        return self.pointwise(self.depthwise(inputs, training, stride=stride, rate=rate),
+                              training)

@@ -11,7 +11,7 @@ downsample in their last unit; block4 does not.
 """
 import tensorflow as tf
 
-from libs.nets.layers import BatchNorm, Conv2D
+from libs.nets.layers import BatchNorm, Conv2D, ConvBN
 
 # Units per block, by depth.
 UNITS_PER_BLOCK = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -74,6 +74,11 @@ class Bottleneck(tf.Module):
 
     def __call__(self, inputs, stride, rate, training):
         """[B, H, W, in] -> [B, ceil(H / stride), ceil(W / stride), 4 * bottleneck_depth]."""
+        return self.with_conv3(inputs, stride, rate, training)[0]
+
+    def with_conv3(self, inputs, stride, rate, training):
+        """(the unit's output, conv3's output after batch norm and before the sum: slim's end
+        point `.../bottleneck_v1/conv3`, the reference decoder's low-level features)."""
         if self.shortcut_conv is not None:
             shortcut = self.shortcut_bn(self.shortcut_conv(inputs, stride=stride), training)
         elif stride == 1:
@@ -83,7 +88,7 @@ class Bottleneck(tf.Module):
         net = tf.nn.relu(self.bn1(self.conv1(inputs), training))
         net = tf.nn.relu(self.bn2(self.conv2(net, stride=stride, rate=rate), training))
         net = self.bn3(self.conv3(net), training)
-        return tf.nn.relu(shortcut + net)
+        return tf.nn.relu(shortcut + net), net
 
 
 class ResNetV1(tf.Module):
@@ -94,9 +99,12 @@ class ResNetV1(tf.Module):
         multi_grid: block4's unit rate multipliers, e.g. (1, 2, 4).
         rng: `np.random.Generator` for the initial weights.
         bn_args: keyword arguments of `BatchNorm` (decay, frozen, sync).
+        beta: the reference DeepLab's beta variant (research/deeplab/core/resnet_v1_beta.py):
+            the 7x7 root convolution replaced by three 3x3 ones, `conv1_1` (stride 2, 64),
+            `conv1_2` (64) and `conv1_3` (128), each with batch norm and ReLU.
     """
 
-    def __init__(self, depth, multi_grid, rng, bn_args):
+    def __init__(self, depth, multi_grid, rng, bn_args, beta=False):
         super().__init__(name=None)
         if depth not in UNITS_PER_BLOCK:
             raise ValueError(f'depth must be one of {sorted(UNITS_PER_BLOCK)}, got {depth}')
@@ -104,10 +112,17 @@ class ResNetV1(tf.Module):
         self.depth = depth
         self.multi_grid = tuple(multi_grid)
         self.scope = f'resnet_v1_{depth}'
-        self.conv1 = Conv2D(f'{self.scope}/conv1', 7, 3, 64, rng)
-        self.bn1 = BatchNorm(f'{self.scope}/conv1', 64, **bn_args)
+        if beta:
+            self.root = [ConvBN(Conv2D(f'{self.scope}/{name}', 3, i, o, rng), bn_args,
+                                tf.nn.relu)
+                         for name, i, o in (('conv1_1', 3, 64), ('conv1_2', 64, 64),
+                                            ('conv1_3', 64, 128))]
+            in_channels = 128
+        else:
+            self.conv1 = Conv2D(f'{self.scope}/conv1', 7, 3, 64, rng)
+            self.bn1 = BatchNorm(f'{self.scope}/conv1', 64, **bn_args)
+            in_channels = 64
         self.blocks = []
-        in_channels = 64
         for block, (num_units, bottleneck_depth) in enumerate(
                 zip(UNITS_PER_BLOCK[depth], BOTTLENECK_DEPTHS)):
             units = []
@@ -127,16 +142,27 @@ class ResNetV1(tf.Module):
             training: whether batch norm uses batch statistics (unless frozen).
         Returns:
             (features [B, ceil(H / OS), ceil(W / OS), 2048], endpoints), where endpoints maps
-            'conv1', 'pool1', 'block1' ... 'block4' to their outputs.
+            'conv1', 'pool1', 'block1' ... 'block4' to their outputs, and
+            'block<b>/unit_<u>/bottleneck_v1/conv3' to each unit's conv3 output.
         """
         plan = unit_strides_and_rates(self.depth, output_stride, self.multi_grid)
         endpoints = {}
-        net = tf.nn.relu(self.bn1(self.conv1(images, stride=2), training))
+        if getattr(self, 'root', None):
+            net = self.root[0](images, training, stride=2)
+            for conv in self.root[1:]:
+                net = conv(net, training)
+        else:
+            net = tf.nn.relu(self.bn1(self.conv1(images, stride=2), training))
         endpoints['conv1'] = net
         net = tf.nn.max_pool2d(net, 3, 2, 'SAME')
         endpoints['pool1'] = net
         for block, (units, block_plan) in enumerate(zip(self.blocks, plan)):
-            for unit, (stride, rate) in zip(units, block_plan):
-                net = unit(net, stride, rate, training)
+            for index, (unit, (stride, rate)) in enumerate(zip(units, block_plan)):
+                net, conv3 = unit.with_conv3(net, stride, rate, training)
+                endpoints[f'block{block + 1}/unit_{index + 1}/bottleneck_v1/conv3'] = conv3
             endpoints[f'block{block + 1}'] = net
         return net, endpoints
+
+    def low_level_channels(self, end_point):
+        """The depth of a conv3 end point 'block<b>/unit_<u>/bottleneck_v1/conv3'."""
+        return BOTTLENECK_DEPTHS[int(end_point[len('block')]) - 1] * EXPANSION
