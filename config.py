@@ -14,7 +14,9 @@ from typing import Optional, Tuple
 
 CONFIG_FILE = 'config.json'
 # The fields that fix the network's variables: a checkpoint only fits a model with the same ones.
-ARCHITECTURE_FIELDS = ('num_layers', 'num_classes', 'multi_grid')
+ARCHITECTURE_FIELDS = ('num_layers', 'num_classes', 'multi_grid', 'model_variant',
+                       'depth_multiplier', 'atrous_rates', 'aspp_separable',
+                       'decoder_output_stride', 'aspp_pooling_first')
 # The fields a resumed run may change: where the records are, how far the run goes, how it is
 # watched and what a fresh start would have loaded. Any other change would make the resumed run
 # neither the recorded run nor the new one.
@@ -34,7 +36,17 @@ class TrainConfig:
     split_name: str = 'train_aug'
     num_layers: int = 101
     output_stride: int = 16
-    multi_grid: Tuple[int, ...] = (1, 2, 4)
+    # The network (libs/nets/variants.py); None: resnet_v1_<num_layers>. The fields below left
+    # None take the variant's defaults (`resolve_network`).
+    model_variant: Optional[str] = None
+    depth_multiplier: float = 1.0
+    multi_grid: Optional[Tuple[int, ...]] = None  # the last block's rates; None: the variant's
+    atrous_rates: Optional[Tuple[int, ...]] = None  # ASPP's, at output stride 16; () for none
+    aspp_separable: Optional[bool] = None
+    decoder_output_stride: Optional[int] = None  # None: no decoder
+    # Image pooling first in ASPP's concatenation (the reference's order); runs recorded before
+    # this field existed concatenated it last.
+    aspp_pooling_first: bool = True
     # None: from the records' dataset.json (21, VOC's, for records converted without one).
     num_classes: Optional[int] = None
     ignore_label: int = 255
@@ -77,6 +89,44 @@ class TrainConfig:
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @property
+    def variant_name(self):
+        """The network's variant name: `model_variant`, or resnet_v1_<num_layers>."""
+        return self.model_variant or f'resnet_v1_{self.num_layers}'
+
+
+def resolve_network(config):
+    """`config` with every network field the variant decides made explicit: the variant's name,
+    multi-grid, ASPP rates and kind (the decoder stays as given: None is no decoder), so that
+    config.json records the network whole.
+
+    Raises:
+        ValueError: an unknown variant, or a depth multiplier or multi-grid it does not take.
+    """
+    from libs.nets import variants
+    variant = variants.get(config.variant_name)
+    values = dict(model_variant=variant.name)
+    if variant.multi_grid is None:
+        values['multi_grid'] = None
+    elif config.multi_grid is None:
+        values['multi_grid'] = variant.multi_grid
+    elif len(config.multi_grid) != len(variant.multi_grid):
+        raise ValueError(f'--multi-grid {",".join(map(str, config.multi_grid))}: {variant.name} '
+                         f'takes {len(variant.multi_grid)} rates (default '
+                         f'{",".join(map(str, variant.multi_grid))})')
+    if config.depth_multiplier not in variant.depth_multipliers:
+        raise ValueError(f'--depth-multiplier {config.depth_multiplier}: {variant.name} takes '
+                         f'{", ".join(map(str, variant.depth_multipliers))}')
+    if config.atrous_rates is None:
+        values['atrous_rates'] = variant.atrous_rates
+    if config.aspp_separable is None:
+        values['aspp_separable'] = variant.aspp_separable and bool(
+            values.get('atrous_rates', config.atrous_rates))
+    depth = variant.name.split('_')[2] if variant.name.startswith('resnet_v1_') else None
+    if depth is not None:
+        values['num_layers'] = int(depth)
+    return dataclasses.replace(config, **values)
 
 
 # The smallest training crop: 32k+1 with k=1, so that even at output stride 32 the network's last
@@ -234,12 +284,9 @@ def build_train_parser(doc):
     g = p.add_argument_group('data and model')
     g.add_argument('--data-dir', default=d.data_dir, help='folder of TFRecord shards')
     g.add_argument('--split-name', default=d.split_name, help='split to train on')
-    g.add_argument('--num-layers', type=int, default=d.num_layers, choices=(50, 101, 152),
-                   help='ResNet-v1 depth of the backbone')
+    add_network_args(g)
     g.add_argument('--output-stride', type=int, default=d.output_stride, choices=(8, 16, 32),
                    help='input size / feature size; strides beyond it become atrous rates')
-    g.add_argument('--multi-grid', type=parse_int_tuple, default=d.multi_grid,
-                   help="block4's unit rates, e.g. 1,2,4")
     g.add_argument('--num-classes', type=class_count, default=d.num_classes,
                    help="classes, background included; default the records' (their "
                         'dataset.json), and a different value is refused')
@@ -317,6 +364,101 @@ def build_train_parser(doc):
     return p
 
 
+def parse_rates(text):
+    """'6,12,18' -> (6, 12, 18); 'none' -> () (no atrous branches), for `--atrous-rates`."""
+    return () if text.strip().lower() == 'none' else parse_int_tuple(text)
+
+
+def parse_decoder_output_stride(text):
+    """'4' -> 4; 'none' -> 0 (no decoder), for `--decoder-output-stride`."""
+    if text.strip().lower() == 'none':
+        return 0
+    value = positive_int(text)
+    if value not in (4, 8, 16):
+        raise argparse.ArgumentTypeError(f'must be 4, 8, 16 or none, got {text!r}')
+    return value
+
+
+def add_network_args(group):
+    """The flags that choose the network (train.py and benchmark.py); see `network_from_args`."""
+    from libs.nets import variants
+    group.add_argument('--model-variant', choices=tuple(variants.VARIANTS), default=None,
+                       help='the network (the reference DeepLab\'s names); default '
+                            'resnet_v1_<--num-layers>')
+    group.add_argument('--num-layers', type=int, default=None, choices=(50, 101, 152),
+                       help='ResNet-v1 depth of the backbone (short for --model-variant '
+                            'resnet_v1_<N>); default 101')
+    group.add_argument('--depth-multiplier', type=positive_float, default=1.0,
+                       help="MobileNetV2's depth multiplier (1.0 and 0.5 are published)")
+    group.add_argument('--multi-grid', type=parse_int_tuple, default=None,
+                       help="the last block's unit rates, e.g. 1,2,4; default the variant's "
+                            '(1,2,4 for the ResNets, 1,1,1 for Xception)')
+    group.add_argument('--atrous-rates', type=parse_rates, default=None,
+                       help="ASPP's atrous rates at output stride 16 (doubled at 8), e.g. "
+                            "6,12,18, or none; default the variant's (none for MobileNetV2)")
+    separable = group.add_mutually_exclusive_group()
+    separable.add_argument('--aspp-separable', dest='aspp_separable', action='store_true',
+                           default=None, help="separable atrous branches (Xception's default)")
+    separable.add_argument('--no-aspp-separable', dest='aspp_separable', action='store_false',
+                           help='regular atrous branches (the paper\'s, the ResNets\' default)')
+    group.add_argument('--decoder-output-stride', type=parse_decoder_output_stride,
+                       default=None, metavar='4|8|16|none',
+                       help="the DeepLabV3+ decoder at this output stride; default the "
+                            "variant's (4 for Xception, none for the others)")
+
+
+def network_from_args(parser, args):
+    """The network fields of parsed `add_network_args` flags, resolved (`resolve_network`);
+    argparse's one-line error for a contradiction."""
+    from libs.nets import variants
+    if args.model_variant and args.num_layers and \
+            args.model_variant != f'resnet_v1_{args.num_layers}':
+        parser.error(f'--num-layers {args.num_layers} contradicts --model-variant '
+                     f'{args.model_variant}; give one of them')
+    variant = variants.get(args.model_variant or f'resnet_v1_{args.num_layers or 101}')
+    decoder = args.decoder_output_stride
+    decoder = variant.decoder_output_stride if decoder is None else (decoder or None)
+    values = dict(model_variant=variant.name, depth_multiplier=args.depth_multiplier,
+                  multi_grid=args.multi_grid, atrous_rates=args.atrous_rates,
+                  aspp_separable=args.aspp_separable, decoder_output_stride=decoder)
+    if decoder is not None and decoder not in variant.decoder_end_points:
+        parser.error(f'--decoder-output-stride {decoder}: {variant.name} has decoder end points '
+                     f'at {", ".join(map(str, sorted(variant.decoder_end_points)))}')
+    if decoder is not None and decoder >= args.output_stride:
+        parser.error(f'--decoder-output-stride {decoder} must be below --output-stride '
+                     f'{args.output_stride}')
+    try:
+        return dataclasses.asdict(resolve_network(TrainConfig(**values)))
+    except ValueError as e:
+        parser.error(str(e))
+
+
+def _network_of_reference_checkpoint(parser, args):
+    """`--restore-from` a published checkpoint of the reference DeepLab without network flags:
+    the network flags take the checkpoint's network (`published.describe`)."""
+    if not args.restore_from or args.model_variant or args.num_layers:
+        return
+    from libs.runs import checkpoints, published
+    try:
+        prefix = checkpoints.resolve_checkpoint(args.restore_from)
+    except FileNotFoundError as e:
+        parser.error(f'--restore-from: {e}')
+    if not published.is_reference_checkpoint(prefix):
+        return
+    try:
+        found = published.describe(prefix)
+    except ValueError as e:
+        parser.error(f'--restore-from: {e}')
+    args.model_variant = found['model_variant']
+    if found['depth_multiplier'] != 1.0:
+        args.depth_multiplier = found['depth_multiplier']
+    for name in ('atrous_rates', 'aspp_separable'):
+        if getattr(args, name) is None:
+            setattr(args, name, found[name])
+    if args.decoder_output_stride is None:
+        args.decoder_output_stride = found['decoder_output_stride'] or 0
+
+
 def parse_train_args(parser, argv=None, check_snapshot_dir=True):
     """Parses a training script's flags, with the checks that involve two flags and the output.
 
@@ -327,6 +469,11 @@ def parse_train_args(parser, argv=None, check_snapshot_dir=True):
             serve, as parameter-server tasks).
     """
     args = parser.parse_args(argv)
+    _network_of_reference_checkpoint(parser, args)
+    network = network_from_args(parser, args)
+    for name in ('model_variant', 'num_layers', 'depth_multiplier', 'multi_grid',
+                 'atrous_rates', 'aspp_separable', 'decoder_output_stride'):
+        setattr(args, name, network[name])
     if args.min_scale > args.max_scale:
         parser.error(f'--min-scale {args.min_scale} is above --max-scale {args.max_scale}')
     if args.num_classes is not None and args.ignore_label < args.num_classes:
@@ -344,7 +491,8 @@ def add_inference_args(parser):
     """The flags evaluate.py, predict.py and export.py share: which run, at which output stride,
     with which scales and flips (paper, section 4.1), sliding windows and precision."""
     parser.add_argument('--restore-from', required=True,
-                        help='snapshot dir (its latest checkpoint) or one checkpoint prefix')
+                        help='snapshot dir (its latest checkpoint) or one checkpoint prefix; or '
+                             'a published checkpoint of the reference DeepLab (model.ckpt-N)')
     parser.add_argument('--output-stride', type=int, choices=(8, 16, 32), default=None,
                         help="overrides the run's output stride")
     parser.add_argument('--scales', type=parse_float_tuple, default=(1.0,),
@@ -361,6 +509,29 @@ def add_inference_args(parser):
                         help='dtype the network computes in (weights stay float32; softmax and '
                              'averaging float32). bfloat16: CPUs with AVX512_BF16, Ampere and '
                              'later GPUs; float16: GPUs only')
+    add_reference_args(parser)
+
+
+def add_reference_args(parser):
+    """The flags that say what a published checkpoint of the reference DeepLab does not tell
+    (`libs/runs/published.py`); ignored for runs of this project."""
+    g = parser.add_argument_group('published checkpoints of the reference DeepLab '
+                                  '(--restore-from .../model.ckpt-N)')
+    g.add_argument('--dataset', choices=('voc', 'cityscapes', 'ade20k'), default=None,
+                   help='whose class names and colours; default the one with the '
+                        "checkpoint's class count")
+    g.add_argument('--atrous-rates', type=parse_rates, default=None,
+                   help="ASPP's rates at output stride 16, when the checkpoint has other than "
+                        'three atrous branches')
+    g.add_argument('--decoder-output-stride', type=parse_decoder_output_stride, default=None,
+                   metavar='4|8|16', help="the decoder's output stride, when its end point is "
+                                          'ambiguous')
+
+
+def reference_hints(args):
+    """`published.reference_config`'s keyword arguments from `add_reference_args` flags."""
+    return dict(dataset=args.dataset, atrous_rates=args.atrous_rates,
+                decoder_output_stride=args.decoder_output_stride or None)
 
 
 def check_inference_args(parser, args):
@@ -374,8 +545,10 @@ def config_from_args(args, **overrides):
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
     values.update(overrides)
-    values['multi_grid'] = tuple(values['multi_grid'])
-    return TrainConfig(**values)
+    for name in ('multi_grid', 'atrous_rates'):
+        if values.get(name) is not None:
+            values[name] = tuple(values[name])
+    return resolve_network(TrainConfig(**values))
 
 
 def run_dir_of(path):
@@ -398,14 +571,20 @@ def load_run_config(path):
         values = json.load(f)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in values.items() if k in fields}
-    values['multi_grid'] = tuple(values.get('multi_grid', TrainConfig.multi_grid))
+    if 'model_variant' not in values:
+        # Recorded before the variants: a slim ResNet with the paper's ASPP, image pooling
+        # concatenated last.
+        values['aspp_pooling_first'] = False
+    for name in ('multi_grid', 'atrous_rates'):
+        if values.get(name) is not None:
+            values[name] = tuple(values[name])
     if values.get('class_names') is not None:
         values['class_names'] = tuple(values['class_names'])
     if values.get('class_colors') is not None:
         values['class_colors'] = tuple(tuple(colour) for colour in values['class_colors'])
     if values.get('class_weight_values') is not None:
         values['class_weight_values'] = tuple(values['class_weight_values'])
-    return TrainConfig(**values)
+    return resolve_network(TrainConfig(**values))
 
 
 def write_config(config, snapshot_dir, name=CONFIG_FILE):

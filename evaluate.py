@@ -65,7 +65,8 @@ def main(argv=None):
                             output_json=args.output_json,
                             save_predictions_dir=args.save_predictions,
                             max_images=args.max_images, report_dir=args.report,
-                            tflite_model=args.tflite)
+                            tflite_model=args.tflite,
+                            reference=config_lib.reference_hints(args))
     except (ValueError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

@@ -73,14 +73,15 @@ def parse_args(argv=None):
     return args
 
 
-def _calibration(args, run_config):
+def _calibration(args, run_config, preprocessing):
     """The representative dataset of int8 quantization, from the records (see `tflite`)."""
     from libs.datasets import input_pipeline, tfrecord
     from libs.evaluation import tflite
     files = tfrecord.list_shards(args.data_dir or run_config.data_dir,
                                  args.calibration_split or run_config.split_name)
-    return lambda: tflite.calibration_canvases(input_pipeline.eval_dataset(files),
-                                               args.canvas_size, args.num_calibration_images)
+    return lambda: tflite.calibration_canvases(
+        input_pipeline.eval_dataset(files, preprocessing=preprocessing), args.canvas_size,
+        args.num_calibration_images, preprocessing)
 
 
 @one_line_errors
@@ -92,12 +93,12 @@ def main(argv=None):
     from libs.runs.checkpoints import load_trained_model
     from libs.runs.lock import FolderInUse
     try:
-        model, run_config, prefix, step = load_trained_model(args.restore_from,
-                                                             args.output_stride)
+        model, run_config, prefix, step = load_trained_model(
+            args.restore_from, args.output_stride, config_lib.reference_hints(args))
         class_names = class_names_of(run_config)
         if args.format == 'tflite':
             tflite.check_canvas_size(args.canvas_size, run_config.output_stride)
-            representative = (_calibration(args, run_config) if args.quantize == 'int8'
+            representative = (_calibration(args, run_config, model.preprocessing) if args.quantize == 'int8'
                               else None)
             path = tflite.export_tflite(model, args.output_dir, class_names, args.canvas_size,
                                         run_config.output_stride, args.quantize, representative)

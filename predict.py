@@ -51,8 +51,8 @@ def main(argv=None):
     from libs.nets.folding import FoldedDeepLabV3
     from libs.runs.checkpoints import load_trained_model
     try:
-        model, run_config, prefix, step = load_trained_model(args.restore_from,
-                                                             args.output_stride)
+        model, run_config, prefix, step = load_trained_model(
+            args.restore_from, args.output_stride, config_lib.reference_hints(args))
         options = InferenceOptions.from_args(args)
         predictor = options.predictor(FoldedDeepLabV3(model), run_config.num_classes,
                                       run_config.output_stride)

@@ -17,9 +17,13 @@ def calibrated_deeplab(output_stride, num_classes=5):
     """A ResNet-50 DeepLabV3 whose logits are of a trained network's order, so that probabilities
     are not saturated and comparing them means something: batch-norm statistics from one batch
     of three 321-pixel photos of varied brightness and contrast (decay 0; ASPP's large rates need
-    large inputs), and the classifier's weights shrunk."""
+    large inputs), and the classifier's weights shrunk.
+
+    ASPP concatenates image pooling last, the order the tests' agreement bounds were measured
+    with: the int8 agreement is a property of the random network, and the other order draws
+    another one (measured 0.79 on one image against 0.93-0.95)."""
     model = DeepLabV3(num_classes=num_classes, depth=50, output_stride=output_stride,
-                      bn_decay=0.0, seed=0)
+                      bn_decay=0.0, seed=0, aspp_pooling_first=False)
     rng = np.random.default_rng(5)
     batch = [photo(321, 321, seed=s)[1] * rng.uniform(0.3, 1.0) + rng.uniform(-50, 50)
              for s in range(3)]

@@ -18,7 +18,7 @@ import evaluate
 import predict
 from libs.datasets import class_weights, description, tfrecord, voc
 from libs.evaluation import prediction
-from libs.nets.deeplabv3 import upsample_logits
+from libs.nets.deeplabv3 import DeepLabV3, upsample_logits
 from libs.runs import checkpoints, record
 from libs.training import initial_weights
 from libs.training.step import build_optimizer, build_train_step
@@ -201,8 +201,8 @@ def test_restoring_into_another_class_count_loads_all_but_the_classifier(trained
     np.testing.assert_array_equal(model.classifier.kernel.numpy(), fresh.classifier.kernel.numpy())
     # Another depth is still refused, whatever the class count.
     with pytest.raises(ValueError, match='depth: checkpoint has 50 layers, model has 101'):
-        checkpoints.check_compatible(tf.train.latest_checkpoint(trained_run.run_dir), 101, 3,
-                                     other_classes=True)
+        checkpoints.check_compatible(tf.train.latest_checkpoint(trained_run.run_dir),
+                                     DeepLabV3(num_classes=3, depth=101), other_classes=True)
 
 
 def _upsample(logits, height, width):

@@ -1,8 +1,9 @@
 """tf.data pipelines over the TFRecord shards: training (augmented crops) and evaluation.
 
-Normalisation is slim's vgg / resnet_v1 ImageNet preprocessing, which the resnet_v1 checkpoints
-were trained with: RGB channel order, per-channel mean subtraction, no scaling (no division by
-255 or by a standard deviation).
+Normalisation is the network's (`libs/nets/preprocessing.py`): slim's vgg / resnet_v1 ImageNet
+preprocessing by default, which the resnet_v1 checkpoints were trained with (RGB channel order,
+per-channel mean subtraction, no scaling), or [-1, 1] for MobileNetV2, Xception and the beta
+ResNets. Either way the mean pixel becomes 0.
 
 Training augmentation (DeepLabV3 section 4): random scale in [0.5, 2.0], random left-right
 mirror, padding up to the crop (image with the mean pixel, label with the ignore label), random
@@ -13,23 +14,25 @@ import os
 import tensorflow as tf
 
 from libs.datasets import tfrecord
+from libs.nets.preprocessing import IMAGENET_MEAN
 
-MEAN_RGB = (123.68, 116.78, 103.94)
+MEAN_RGB = IMAGENET_MEAN.mean
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def normalize(image):
-    """Subtracts the ImageNet mean pixel; the mean pixel becomes 0.
+def normalize(image, preprocessing=IMAGENET_MEAN):
+    """The network's normalisation (`Preprocessing`); the mean pixel becomes 0.
 
     Padding a normalized image with 0 is therefore padding the raw image with the mean.
 
     Args:
         image: [..., 3] RGB, any real or integer dtype, values in 0..255.
+        preprocessing: the network's `Preprocessing` (`model.preprocessing`).
 
     Returns:
         float32 [..., 3].
     """
-    return tf.cast(image, tf.float32) - tf.constant(MEAN_RGB, tf.float32)
+    return preprocessing.normalize(image)
 
 
 def _paths(file_pattern_or_paths):
@@ -51,7 +54,8 @@ def _pair(size):
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
-def _augment(example, seed, crop_size, random_scale, random_mirror, ignore_label):
+def _augment(example, seed, crop_size, random_scale, random_mirror, ignore_label,
+             preprocessing):
     """One training crop from a parsed example.
 
     Args:
@@ -61,6 +65,7 @@ def _augment(example, seed, crop_size, random_scale, random_mirror, ignore_label
         random_scale: (min, max) or None.
         random_mirror: bool.
         ignore_label: label value of padding.
+        preprocessing: the network's `Preprocessing`.
 
     Returns:
         (float32 [crop_h, crop_w, 3] normalized image, int32 [crop_h, crop_w] label).
@@ -82,7 +87,7 @@ def _augment(example, seed, crop_size, random_scale, random_mirror, ignore_label
         image, label = tf.cond(flip, lambda: (image[:, ::-1], label[:, ::-1]),
                                lambda: (image, label))
     # Normalizing before padding with 0 equals padding with the mean pixel, then normalizing.
-    image = normalize(image)
+    image = normalize(image, preprocessing)
     height, width = tf.shape(label)[0], tf.shape(label)[1]
     pad_h, pad_w = tf.maximum(crop_h - height, 0), tf.maximum(crop_w - width, 0)
     image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]])
@@ -111,7 +116,7 @@ def _shuffle_seed(seed, salt, epoch):
 def train_dataset(file_pattern_or_paths, batch_size, crop_size=513, random_scale=(0.5, 2.0),
                   random_mirror=True, ignore_label=255, seed=None, shuffle_buffer=1000,
                   repeat=True, num_parallel_calls=AUTOTUNE, input_context=None,
-                  start_example=0):
+                  start_example=0, preprocessing=IMAGENET_MEAN):
     """Shuffled, augmented, batched training crops.
 
     With a `seed`, the stream is a function of the seed alone: epoch `e` reads the shards in an
@@ -139,6 +144,7 @@ def train_dataset(file_pattern_or_paths, batch_size, crop_size=513, random_scale
             of the shards.
         start_example: examples of this pipeline's stream already consumed (by a run that is
             being resumed); needs a `seed` to mean the same examples.
+        preprocessing: the network's `Preprocessing` (`model.preprocessing`).
 
     Returns:
         A dataset of (images, labels): float32 [batch_size, crop_h, crop_w, 3] normalized
@@ -183,28 +189,31 @@ def train_dataset(file_pattern_or_paths, batch_size, crop_size=513, random_scale
     dataset = tf.data.Dataset.zip((records, indices)).map(
         lambda serialized, index: _augment(
             tfrecord.parse_example(serialized), _fold_seed(seed, 2, index), crop_size,
-            random_scale, random_mirror, ignore_label),
+            random_scale, random_mirror, ignore_label, preprocessing),
         num_parallel_calls=num_parallel_calls, deterministic=deterministic)
     return dataset.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
-def _eval_element(serialized):
+def _eval_element(serialized, preprocessing):
     example = tfrecord.parse_example(serialized)
-    return {'image': normalize(example['image']), 'label': example['label'],
+    return {'image': normalize(example['image'], preprocessing), 'label': example['label'],
             'image_id': example['image_id']}
 
 
-def eval_dataset(file_pattern_or_paths, num_parallel_calls=AUTOTUNE):
+def eval_dataset(file_pattern_or_paths, num_parallel_calls=AUTOTUNE,
+                 preprocessing=IMAGENET_MEAN):
     """Full-resolution, unpadded, unbatched examples in file order.
 
     Args:
         file_pattern_or_paths: a glob pattern (files taken in sorted order) or a list of paths.
         num_parallel_calls: decoding parallelism; the order stays deterministic.
+        preprocessing: the network's `Preprocessing` (`model.preprocessing`).
 
     Returns:
         A dataset of dicts: 'image' float32 [H, W, 3] normalized, 'label' int32 [H, W],
         'image_id' tf.string scalar.
     """
     records = tf.data.TFRecordDataset(_paths(file_pattern_or_paths))
-    return records.map(_eval_element, num_parallel_calls=num_parallel_calls,
+    return records.map(lambda serialized: _eval_element(serialized, preprocessing),
+                       num_parallel_calls=num_parallel_calls,
                        deterministic=True).prefetch(AUTOTUNE)

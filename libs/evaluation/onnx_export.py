@@ -58,7 +58,8 @@ def export_onnx(model, output_dir, class_names, output_stride=16, options=Infere
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8, name=INPUT_NAME)],
                  autograph=False)
     def serve(image):
-        probabilities = predictor.predict_probabilities(input_pipeline.normalize(image))
+        probabilities = predictor.predict_probabilities(
+            input_pipeline.normalize(image, predictor.preprocessing))
         return {'semantic': tf.argmax(probabilities, axis=-1, output_type=tf.int32),
                 'probabilities': probabilities}
 

@@ -82,8 +82,8 @@ def predict_files(predictor, paths, output_dir, class_names, overlay=False, prog
     """Predicts image files one by one; an unreadable file is reported and skipped.
 
     Args:
-        predictor: has `predict(image)`, float32 normalized [H, W, 3] -> int [H, W], e.g. a
-            `MultiScalePredictor`.
+        predictor: has `predict(image)`, float32 normalized [H, W, 3] -> int [H, W], and the
+            `preprocessing` that normalizes, e.g. a `MultiScalePredictor`.
         paths: image files (see `image_io.list_images`); their stems must differ.
         output_dir: where `<stem>.png` (and `<stem>_overlay.jpg`) go; created if needed.
         class_names: names by class index, for the overlay legend.
@@ -109,7 +109,8 @@ def predict_files(predictor, paths, output_dir, class_names, overlay=False, prog
             log(f'skipped {path}: cannot read image: {e}')
             continue
         try:
-            prediction = predictor.predict(input_pipeline.normalize(image)).numpy()
+            prediction = predictor.predict(
+                input_pipeline.normalize(image, predictor.preprocessing)).numpy()
         except tf.errors.OpError as e:  # e.g. out of memory for a huge photo
             failures.append((path, f'prediction failed: {e.message}'))
             log(f'skipped {path}: prediction failed: {e.message}')

@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from libs.datasets import input_pipeline
+from libs.nets.preprocessing import IMAGENET_MEAN
 from libs.evaluation import metrics
 from libs.utils import image_io, visualize
 
@@ -55,7 +55,9 @@ class ImageScores:
         num_examples: how many worst and how many best images to keep.
     """
 
-    def __init__(self, num_classes, ignore_label=255, num_examples=4):
+    def __init__(self, num_classes, ignore_label=255, num_examples=4,
+                 preprocessing=IMAGENET_MEAN):
+        self.preprocessing = preprocessing  # how the images it is given were normalised
         self.num_classes = num_classes
         self.ignore_label = ignore_label
         self.num_examples = num_examples
@@ -80,8 +82,7 @@ class ImageScores:
             return
         example = ImageResult(
             image_id, scores['miou'], scores['pixel_accuracy'],
-            np.clip(np.round(image + np.asarray(input_pipeline.MEAN_RGB)), 0, 255).astype(
-                np.uint8),
+            self.preprocessing.denormalize(image),
             np.asarray(label).astype(np.uint8), np.asarray(prediction).astype(np.uint8))
         # A total order (among equal scores the earlier image ranks higher), so that worst and
         # best never disagree about two images.

@@ -8,6 +8,7 @@ from libs.evaluation.evaluator import evaluate_dataset, result_to_json_dict, wri
 from libs.evaluation.inference import InferenceOptions
 from libs.evaluation.prediction import class_colors_of, class_names_of
 from libs.evaluation.tflite import TFLitePredictor
+from libs.nets import variants
 from libs.nets.folding import FoldedDeepLabV3
 from libs.runs.checkpoints import load_trained_model
 
@@ -15,7 +16,7 @@ from libs.runs.checkpoints import load_trained_model
 def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=None,
                         options=InferenceOptions(), output_json=None, save_predictions_dir=None,
                         max_images=None, progress=True, log=print, report_dir=None,
-                        tflite_model=None):
+                        tflite_model=None, reference=None):
     """Evaluates a run's checkpoint at full resolution and reports per-class IoU and mIoU.
 
     Args:
@@ -33,6 +34,8 @@ def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=
         tflite_model: evaluate this TFLite file (`tflite.export_tflite` of the run) instead of
             the checkpoint's network, e.g. to measure what int8 quantization costs; the run
             still gives the classes. `options` must then be the default.
+        reference: for a published checkpoint of the reference DeepLab, what it does not tell
+            (`checkpoints.load_trained_model`).
     Returns:
         The JSON report as a dict.
     """
@@ -43,11 +46,13 @@ def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=
         # The export holds the network: the run gives only its classes, not its weights.
         run_config, step = config_lib.load_run_config(restore_from), None
     else:
-        model, run_config, prefix, step = load_trained_model(restore_from, output_stride)
+        model, run_config, prefix, step = load_trained_model(restore_from, output_stride,
+                                                             reference, log)
     class_names, class_colors = class_names_of(run_config), class_colors_of(run_config)
     check_records_fit_the_run(data_dir, split_name, files, run_config)
     if tflite_model:
-        predictor = TFLitePredictor(tflite_model)
+        predictor = TFLitePredictor(
+            tflite_model, preprocessing=variants.get(run_config.variant_name).preprocessing)
         if predictor.num_classes != run_config.num_classes:
             raise ValueError(f'{tflite_model} has {predictor.num_classes} classes, the run '
                              f'{run_config.num_classes}')
@@ -60,9 +65,11 @@ def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=
         what = options.describe()
     log(f'Evaluating {prefix} (step {step}) on {split_name}: output stride '
         f'{run_config.output_stride}, {what}')
-    image_scores = (report_lib.ImageScores(run_config.num_classes, run_config.ignore_label)
+    image_scores = (report_lib.ImageScores(run_config.num_classes, run_config.ignore_label,
+                                           preprocessing=predictor.preprocessing)
                     if report_dir else None)
-    result = evaluate_dataset(predictor, input_pipeline.eval_dataset(files),
+    result = evaluate_dataset(predictor, input_pipeline.eval_dataset(
+                                  files, preprocessing=predictor.preprocessing),
                               run_config.num_classes, run_config.ignore_label,
                               save_predictions_dir=save_predictions_dir, progress=progress,
                               max_images=max_images, on_prediction=image_scores,

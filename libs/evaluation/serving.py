@@ -58,7 +58,8 @@ class ServingModule(tf.Module):
 
     def _serve(self, image_bytes):
         image = decode_rgb(image_bytes)
-        probabilities = self._predictor.predict_probabilities(input_pipeline.normalize(image))
+        probabilities = self._predictor.predict_probabilities(
+            input_pipeline.normalize(image, self._predictor.preprocessing))
         return {'semantic': tf.argmax(probabilities, axis=-1, output_type=tf.int32),
                 'probabilities': probabilities}
 

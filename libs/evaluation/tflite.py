@@ -7,7 +7,9 @@ bottom and right with the mean pixel to S x S, S = OS*k + 1.
 
 Written as a folder: `model.tflite` and `labels.txt` (the class names, one a line, the TFLite
 convention). The model (one signature, `serving_default`):
-    input   image          float32 [1, S, S, 3], RGB pixels 0..255 (not normalised).
+    input   image          float32 [1, S, S, 3], RGB pixels 0..255 (not normalised), padded
+                           with the network's mean pixel (`Preprocessing.mean`: the ImageNet
+                           mean for slim's ResNets, 127.5 for the others).
     output  probabilities  float32 [1, S, S, C]; rows and columns beyond the image are padding.
 
 `TFLitePredictor` does the padding and the crop, so evaluation and tests run a TFLite file
@@ -22,10 +24,11 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from libs.datasets.input_pipeline import MEAN_RGB, normalize
+from libs.datasets.input_pipeline import normalize
 from libs.evaluation.inference import aligned_length
 from libs.nets.deeplabv3 import resize_aligned_corners, upsample_logits
 from libs.nets.folding import FoldedDeepLabV3
+from libs.nets.preprocessing import IMAGENET_MEAN
 from libs.utils.image_io import atomic_directory
 
 QUANTIZATIONS = ('none', 'float16', 'int8')
@@ -41,35 +44,37 @@ def check_canvas_size(canvas_size, output_stride):
             f'e.g. {aligned_length(max(canvas_size, 1), output_stride)}')
 
 
-def on_canvas(pixels, canvas_size):
-    """An image [H, W, 3] (0..255) on its S x S canvas, padded with the mean pixel; float32
-    [1, S, S, 3]. Images larger than the canvas are refused (ValueError)."""
+def on_canvas(pixels, canvas_size, preprocessing=IMAGENET_MEAN):
+    """An image [H, W, 3] (0..255) on its S x S canvas, padded with the network's mean pixel;
+    float32 [1, S, S, 3]. Images larger than the canvas are refused (ValueError)."""
     height, width = pixels.shape[:2]
     if height > canvas_size or width > canvas_size:
         raise ValueError(f'image {height}x{width} does not fit the TFLite model\'s '
                          f'{canvas_size}x{canvas_size} canvas; export with a larger '
                          '--canvas-size or resize the image')
     canvas = np.empty((1, canvas_size, canvas_size, 3), np.float32)
-    canvas[:] = np.asarray(MEAN_RGB, np.float32)
+    canvas[:] = np.asarray(preprocessing.mean, np.float32)
     canvas[0, :height, :width] = pixels
     return canvas
 
 
-def calibration_canvases(dataset, canvas_size, num_images):
+def calibration_canvases(dataset, canvas_size, num_images, preprocessing=IMAGENET_MEAN):
     """Images for int8 calibration: the first `num_images` of an `eval_dataset` (normalised
-    [H, W, 3]), each shrunk with corners aligned to fit the canvas if larger, on its canvas.
+    [H, W, 3] by `preprocessing`), each shrunk with corners aligned to fit the canvas if larger,
+    on its canvas.
 
     Yields:
         [float32 [1, S, S, 3]], as `TFLiteConverter.representative_dataset` takes them.
     """
     for example in dataset.take(num_images):
-        pixels = example['image'] + tf.constant(MEAN_RGB, tf.float32)
+        pixels = example['image'] / preprocessing.scale + tf.constant(preprocessing.mean,
+                                                                       tf.float32)
         height, width = pixels.shape[:2]
         factor = min(1.0, (canvas_size - 1) / max(height - 1, width - 1, 1))
         if factor < 1.0:
             size = [round((height - 1) * factor) + 1, round((width - 1) * factor) + 1]
             pixels = resize_aligned_corners(pixels[tf.newaxis], size)[0]
-        yield [on_canvas(pixels.numpy(), canvas_size)]
+        yield [on_canvas(pixels.numpy(), canvas_size, preprocessing)]
 
 
 MODEL_FILE = 'model.tflite'
@@ -111,7 +116,8 @@ def export_tflite(model, output_dir, class_names, canvas_size=513, output_stride
     @tf.function(input_signature=[tf.TensorSpec([1, canvas_size, canvas_size, 3], tf.float32,
                                                 name=INPUT_NAME)], autograph=False)
     def serve(image):
-        logits = folded(normalize(image), training=False, output_stride=output_stride)
+        logits = folded(normalize(image, folded.preprocessing), training=False,
+                        output_stride=output_stride)
         logits = upsample_logits(logits, [canvas_size, canvas_size])
         return {OUTPUT_NAME: tf.nn.softmax(logits, axis=-1)}
 
@@ -138,9 +144,12 @@ class TFLitePredictor:
     Args:
         path: a folder of `export_tflite` or the .tflite file in it.
         num_threads: interpreter threads (XNNPACK runs the convolutions).
+        preprocessing: the exported network's `Preprocessing`: the images given are normalised
+            by it, and the canvas is padded with its mean pixel.
     """
 
-    def __init__(self, path, num_threads=2):
+    def __init__(self, path, num_threads=2, preprocessing=IMAGENET_MEAN):
+        self.preprocessing = preprocessing
         from ai_edge_litert.interpreter import Interpreter
         if os.path.isdir(path):
             path = os.path.join(path, MODEL_FILE)
@@ -157,7 +166,9 @@ class TFLitePredictor:
         height, width = image.shape[:2]
         self.interpreter.set_tensor(
             self._input['index'],
-            on_canvas(image + np.asarray(MEAN_RGB, np.float32), self.canvas_size))
+            on_canvas(image / self.preprocessing.scale
+                      + np.asarray(self.preprocessing.mean, np.float32), self.canvas_size,
+                      self.preprocessing))
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self._output['index'])[0, :height, :width]
 

@@ -1,4 +1,6 @@
-"""ImageNet initialisation of the backbone from TF-slim's public `resnet_v1` checkpoints.
+"""ImageNet initialisation of the backbone from TF1 checkpoints, by name: TF-slim's public
+`resnet_v1` and `mobilenet_v2` files, the reference DeepLab's `xception_65` and beta ResNet files;
+and the name-based assignment the published DeepLab checkpoints load through (`published.py`).
 
 Paper, section 4: the ResNet backbone starts from ImageNet weights; ASPP and the logits start from
 scratch. The weights are TF-slim's `resnet_v1_50`, `resnet_v1_101` and `resnet_v1_152`, listed in
@@ -14,12 +16,14 @@ public files hold (`global_step`, `resnet_v1_<depth>/mean_rgb`, the 1000-class
 `resnet_v1_<depth>/logits/{weights, biases}`) is left out and listed in the report; any other
 tensor under `resnet_v1_<depth>/` means another network layout and is refused. Loading is all
 or nothing: every check runs before the first variable is assigned, and a checkpoint that does not
-fit is refused with a `ValueError` that says why.
+fit is refused with a `ValueError` that says why. The other backbones load the same way under
+their own scope (the variant's), their ImageNet classifier left out.
 """
 import dataclasses
 import os
 import re
 
+import numpy as np
 import tensorflow as tf
 
 LOGITS_REASON = 'the 1000-class ImageNet classifier, not part of DeepLabV3'
@@ -58,11 +62,13 @@ class LoadReport:
         scope: the backbone's scope, e.g. `resnet_v1_101`.
         loaded: how many backbone variables were assigned (all of them).
         left_out: the groups of checkpoint tensors that were not loaded.
+        whole_network: every variable of the network was loaded, not only the backbone's.
     """
     checkpoint: str
     scope: str
     loaded: int
     left_out: tuple
+    whole_network: bool = False
 
     @property
     def left_out_names(self):
@@ -71,92 +77,153 @@ class LoadReport:
 
     def summary(self):
         """A few lines for the log: what was loaded, what was left out and why."""
+        rest = ('the whole network' if self.whole_network else
+                'ASPP and the logits are not in the backbone and keep their fresh '
+                'initialisation')
         lines = [f'Loaded {self.loaded} {self.scope} variables (conv weights, batch-norm '
-                 f'gamma/beta/moving statistics) from {self.checkpoint}; ASPP and the logits '
-                 f'are not in the backbone and keep their fresh initialisation.']
+                 f'gamma/beta/moving statistics) from {self.checkpoint}; {rest}.']
         if self.left_out:
             lines.append(f'Left out {len(self.left_out_names)} checkpoint tensors:')
             lines += [f'  {g.pattern} ({len(g.names)}): {g.reason}' for g in self.left_out]
         return '\n'.join(lines)
 
 
-def load_slim_backbone(backbone, checkpoint_path):
-    """Assigns a TF-slim `resnet_v1_<depth>` ImageNet checkpoint to the backbone, by name.
+def load_slim_backbone(backbone, checkpoint_path, scope=None, classifier=None):
+    """Assigns an ImageNet checkpoint to the backbone, by name: TF-slim's `resnet_v1_<depth>`, or
+    the backbone of another variant (`scope`: its scope, e.g. 'MobilenetV2').
 
     Call it eagerly, after building the model (inside `strategy.scope()` or not) and before
     training; under `MirroredStrategy` every replica's copy is assigned, batch-norm moving
     statistics included.
 
     Args:
-        backbone: a `ResNetV1` (`model.backbone`).
+        backbone: `model.backbone` (a `ResNetV1`, `MobileNetV2`, `Xception65`).
         checkpoint_path: a checkpoint prefix (`.../resnet_v1_101.ckpt`, TF1 V1 or V2 format; a V2
             `.index` or `.data-*` file name is taken as its prefix) or a directory whose
             `checkpoint` state file names one.
+        scope: the backbone's scope in the checkpoint; default `resnet_v1_<backbone.depth>`.
+        classifier: {checkpoint name prefix: why it is left out} for the parts of the ImageNet
+            network DeepLab does not build beyond `<scope>/logits/` (e.g. MobileNetV2's
+            `Logits/` and its last 1x1 convolution `Conv_1/`).
     Returns:
         A `LoadReport`.
     Raises:
         ValueError: the path is not a TF checkpoint; the checkpoint is of another depth or holds
-            no `resnet_v1` network; a tensor's shape or dtype differs from the model's; the
+            no such network; a tensor's shape or dtype differs from the model's; the
             checkpoint lacks backbone variables or has backbone tensors the model does not. The
             model is unchanged then.
         RuntimeError: called inside `tf.function` or `strategy.run`.
     """
-    if not tf.executing_eagerly() or (tf.distribute.has_strategy()
-                                      and not tf.distribute.in_cross_replica_context()):
-        raise RuntimeError('load_slim_backbone runs eagerly in cross-replica context, '
-                           'not inside tf.function or strategy.run')
+    _check_eager('load_slim_backbone')
     prefix, reader = _open_checkpoint(checkpoint_path)
     shapes = reader.get_variable_to_shape_map()
+    scope = scope or f'resnet_v1_{backbone.depth}'
+    _check_scope(prefix, shapes, scope, getattr(backbone, 'depth', None))
+    classifier = dict(classifier or {})
+    classifier.setdefault(f'{scope}/logits/', LOGITS_REASON)
+
+    def classify(name):
+        if name.rsplit('/', 1)[-1] in SLOT_SUFFIXES:
+            return '*/' + name.rsplit('/', 1)[-1], 'optimizer slot or moving-average shadow'
+        if name in TRAINING_STATE:
+            return name, 'training state'
+        for start, reason in classifier.items():
+            if name.startswith(start):
+                return start + '*', reason
+        if name == f'{scope}/mean_rgb':
+            return name, MEAN_RGB_REASON
+        if name.startswith(f'{scope}/'):
+            return None
+        top = name.split('/')[0]
+        return (f'{top}/*' if '/' in name else top), f'outside {scope}: not part of the backbone'
+
+    loaded, left_out = assign_by_name(prefix, reader, backbone.variables, classify,
+                                      f'{scope} variables', f'under {scope}/')
+    return LoadReport(checkpoint=prefix, scope=scope, loaded=loaded, left_out=left_out)
+
+
+def assign_by_name(prefix, reader, variables, classify, what, where, transforms=None):
+    """Assigns checkpoint tensors to `variables` by name, all or nothing.
+
+    Every check runs before the first assignment: a variable the checkpoint lacks, a checkpoint
+    tensor that is neither a variable nor left out by `classify`, or a shape or dtype that
+    differs is refused, naming the tensors.
+
+    Args:
+        prefix, reader: the checkpoint (`_open_checkpoint`).
+        variables: the variables to assign; their names (without ':0') are checkpoint names.
+        classify: name -> (pattern, reason) for a checkpoint tensor that is left out, or None
+            for one the model should have had.
+        what: the variables, for messages ('resnet_v1_50 variables').
+        where: where unknown tensors were found, for messages ('under resnet_v1_50/').
+        transforms: {name: (function of the checkpoint value, what it does)}, applied before
+            the shape check (e.g. dropping a class from the classifier).
+    Returns:
+        (number of variables assigned, tuple of `LeftOut`).
+    """
+    shapes = reader.get_variable_to_shape_map()
     dtypes = reader.get_variable_to_dtype_map()
-    scope = f'resnet_v1_{backbone.depth}'
-    _check_scope(prefix, shapes, scope, backbone.depth)
-
-    variables = {}
-    for variable in backbone.variables:
+    transforms = transforms or {}
+    by_name = {}
+    for variable in variables:
         name = variable.name.split(':')[0]
-        if name in variables:
-            raise ValueError(f'the backbone has two variables named {name}; names must be unique '
+        if name in by_name:
+            raise ValueError(f'the model has two variables named {name}; names must be unique '
                              f'to load by name')
-        variables[name] = variable
+        by_name[name] = variable
 
-    groups = {}
-    unknown = []
+    groups, unknown = {}, []
     for name in shapes:
-        if name in variables:
+        if name in by_name:
             continue
-        group = _left_out_group(name, scope)
+        group = classify(name)
         if group is None:
             unknown.append(name)
         else:
             groups.setdefault(group, []).append(name)
 
-    missing = sorted(set(variables) - set(shapes))
+    missing = sorted(set(by_name) - set(shapes))
     if missing:
         raise ValueError(f'checkpoint {prefix} lacks {len(missing)} of the model\'s '
-                         f'{len(variables)} {scope} variables: {_first(missing)}')
+                         f'{len(by_name)} {what}: {_first(missing)}')
     if unknown:
-        raise ValueError(f'checkpoint {prefix} has {len(unknown)} tensors under {scope}/ that '
+        raise ValueError(f'checkpoint {prefix} has {len(unknown)} tensors {where} that '
                          f'the model does not have (another network layout?): '
                          f'{_first(sorted(unknown))}')
-    wrong = [f'{name}: checkpoint {list(shapes[name])} {dtypes[name].name}, model '
+
+    def shape(name):
+        if name not in transforms:
+            return list(shapes[name])
+        return list(np.shape(transforms[name][0](np.zeros(shapes[name], np.float32))))
+
+    wrong = [f'{name}: checkpoint {shape(name)} {dtypes[name].name}, model '
              f'{variable.shape.as_list()} {variable.dtype.name}'
-             for name, variable in sorted(variables.items())
-             if list(shapes[name]) != variable.shape.as_list() or dtypes[name] != variable.dtype]
+             for name, variable in sorted(by_name.items())
+             if shape(name) != variable.shape.as_list() or dtypes[name] != variable.dtype]
     if wrong:
         raise ValueError(f'checkpoint {prefix} does not fit the model in {len(wrong)} tensors: '
                          + '; '.join(wrong[:_SHOWN]) + ('; ...' if len(wrong) > _SHOWN else ''))
 
     # Read everything first, so a read error cannot leave the model half loaded.
     try:
-        values = {name: reader.get_tensor(name) for name in variables}
+        values = {name: reader.get_tensor(name) for name in by_name}
     except tf.errors.OpError as error:
         raise ValueError(f'checkpoint {prefix} could not be read: {error.message}') from None
-    for name, variable in variables.items():
-        variable.assign(values[name])
-
+    for name, variable in by_name.items():
+        value = values[name]
+        if name in transforms:
+            value = transforms[name][0](value)
+        variable.assign(value)
     left_out = tuple(LeftOut(pattern, reason, tuple(sorted(names)))
                      for (pattern, reason), names in sorted(groups.items()))
-    return LoadReport(checkpoint=prefix, scope=scope, loaded=len(variables), left_out=left_out)
+    return len(by_name), left_out
+
+
+def _check_eager(what):
+    if not tf.executing_eagerly() or (tf.distribute.has_strategy()
+                                      and not tf.distribute.in_cross_replica_context()):
+        raise RuntimeError(f'{what} runs eagerly in cross-replica context, '
+                           'not inside tf.function or strategy.run')
 
 
 def _open_checkpoint(path):
@@ -177,34 +244,22 @@ def _open_checkpoint(path):
         raise ValueError(f'{path} is not a TF checkpoint ({detail})') from None
 
 
-def _check_scope(prefix, shapes, scope, depth):
-    """Refuses a checkpoint without `scope`, naming the resnet_v1 depths it does hold."""
-    found = sorted({name.split('/')[0] for name in shapes if _SCOPE.match(name.split('/')[0])},
-                   key=lambda s: int(_SCOPE.match(s).group(1)))
-    if scope in found:
-        return
-    if found:
-        raise ValueError(f'checkpoint {prefix} is {", ".join(found)}, model has {depth} layers')
+def _check_scope(prefix, shapes, scope, depth=None):
+    """Refuses a checkpoint without `scope`, naming the resnet_v1 depths it does hold (for a
+    ResNet, `depth`) or its top-level names."""
     tops = sorted({name.split('/')[0] for name in shapes})
-    raise ValueError(f'checkpoint {prefix} holds no resnet_v1_<depth> scope (top-level names: '
-                     f'{_first(tops)}); expected {scope} from the TF-slim model zoo')
-
-
-def _left_out_group(name, scope):
-    """(pattern, reason) for a checkpoint tensor that is not a backbone variable, or None when it
-    sits in the backbone scope without being one of the model's variables."""
-    if name.rsplit('/', 1)[-1] in SLOT_SUFFIXES:
-        return '*/' + name.rsplit('/', 1)[-1], 'optimizer slot or moving-average shadow'
-    if name in TRAINING_STATE:
-        return name, 'training state'
-    if name.startswith(f'{scope}/logits/'):
-        return f'{scope}/logits/*', LOGITS_REASON
-    if name == f'{scope}/mean_rgb':
-        return name, MEAN_RGB_REASON
-    if name.startswith(f'{scope}/'):
-        return None
-    top = name.split('/')[0]
-    return (f'{top}/*' if '/' in name else top), f'outside {scope}: not part of the backbone'
+    if scope in tops:
+        return
+    if _SCOPE.match(scope):
+        found = sorted((top for top in tops if _SCOPE.match(top)),
+                       key=lambda s: int(_SCOPE.match(s).group(1)))
+        if found:
+            raise ValueError(f'checkpoint {prefix} is {", ".join(found)}, model has {depth} '
+                             'layers')
+        raise ValueError(f'checkpoint {prefix} holds no resnet_v1_<depth> scope (top-level '
+                         f'names: {_first(tops)}); expected {scope} from the TF-slim model zoo')
+    raise ValueError(f'checkpoint {prefix} holds no {scope} scope (top-level names: '
+                     f'{_first(tops)})')
 
 
 def _first(names):

@@ -33,8 +33,10 @@ class Variant:
         atrous_rates: the default ASPP atrous rates at output stride 16; () for none.
         aspp_separable: whether the default ASPP's atrous branches are separable.
         decoder_output_stride: the default decoder (None: no decoder).
-        imagenet: the ImageNet checkpoint `--imagenet` takes for it.
+        imagenet: the ImageNet checkpoint `--imagenet` takes for it, and where it comes from.
         depth_multipliers: the depth multipliers it takes.
+        imagenet_left_out: {checkpoint name prefix: why} for the parts of its ImageNet network,
+            beyond `<scope>/logits/`, that DeepLab does not build.
     """
     name: str
     scope: str
@@ -47,6 +49,7 @@ class Variant:
     decoder_output_stride: Optional[int]
     imagenet: str
     depth_multipliers: tuple = (1.0,)
+    imagenet_left_out: tuple = ()
 
 
 def _resnet_end_points(depth):
@@ -80,25 +83,28 @@ def _table():
         name = f'resnet_v1_{depth}'
         table[name] = Variant(name, name, IMAGENET_MEAN, _resnet(depth, False),
                               _resnet_end_points(depth), (1, 2, 4), RATES_AT_OS16, False, None,
-                              f'TF-slim {name}_2016_08_28.tar.gz: {name}.ckpt')
+                              f'{name}.ckpt (TF-slim {name}_2016_08_28.tar.gz)')
     for depth in (50, 101):
         name = f'resnet_v1_{depth}_beta'
         table[name] = Variant(name, f'resnet_v1_{depth}', UNIT_RANGE, _resnet(depth, True),
                               _resnet_end_points(depth), (1, 2, 4), RATES_AT_OS16, False, None,
-                              f'the reference DeepLab\'s {name}_imagenet.tar.gz: model.ckpt')
+                              f'model.ckpt (the reference DeepLab\'s {name}_imagenet.tar.gz)')
     table['mobilenet_v2'] = Variant(
         'mobilenet_v2', 'MobilenetV2', UNIT_RANGE, _mobilenet_v2,
         {4: 'layer_4/depthwise_output', 8: 'layer_7/depthwise_output',
          16: 'layer_14/depthwise_output'}, None, (), False, None,
-        'TF-slim mobilenet_v2_1.0_224.tgz (or _0.5_224): mobilenet_v2_1.0_224.ckpt',
-        depth_multipliers=(1.0, 0.75, 0.5, 0.35))
+        'mobilenet_v2_1.0_224.ckpt (TF-slim mobilenet_v2_1.0_224.tgz; _0.5_224 at 0.5)',
+        depth_multipliers=(1.0, 0.75, 0.5, 0.35),
+        imagenet_left_out=(('MobilenetV2/Logits/', 'the 1001-class ImageNet classifier'),
+                           ('MobilenetV2/Conv_1/', 'layer_19, the 1x1 convolution before the '
+                            'classifier; DeepLab takes the features of layer_18')))
     table['xception_65'] = Variant(
         'xception_65', 'xception_65', UNIT_RANGE, _xception_65,
         {stride: f'{unit}/unit_1/xception_module/separable_conv2_pointwise'
          for stride, unit in ((4, 'entry_flow/block2'), (8, 'entry_flow/block3'),
                               (16, 'exit_flow/block1'))},
         (1, 1, 1), RATES_AT_OS16, True, 4,
-        'the reference DeepLab\'s xception_65_imagenet.tar.gz: model.ckpt')
+        'model.ckpt (the reference DeepLab\'s xception_65_imagenet.tar.gz)')
     return table
 
 

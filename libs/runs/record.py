@@ -29,6 +29,17 @@ def _describe_changes(previous, config, names):
     return '; '.join(_describe_change(previous, config, name) for name in names)
 
 
+def with_recorded_layout(config):
+    """`config` with the snapshot dir's recorded ASPP concatenation order, which no flag sets: a
+    resumed run recorded before the reference's order was adopted keeps its own (its projection
+    weights were trained on it). Unchanged when the snapshot dir holds no run."""
+    path = os.path.join(config.snapshot_dir, config_lib.CONFIG_FILE)
+    if not (os.path.isfile(path) and tf.train.latest_checkpoint(config.snapshot_dir)):
+        return config
+    previous = config_lib.load_run_config(config.snapshot_dir)
+    return dataclasses.replace(config, aspp_pooling_first=previous.aspp_pooling_first)
+
+
 def check_snapshot_dir(config):
     """Refuses to resume a snapshot dir whose checkpoints were trained otherwise.
 

@@ -4,7 +4,7 @@ classifier then starts fresh), the slim ImageNet checkpoint (`--imagenet`, the b
 nothing."""
 import tensorflow as tf
 
-from libs.runs import checkpoints
+from libs.runs import checkpoints, published
 
 # What a resumed checkpoint may lack: the loss scale (the run trained in float32 or bfloat16),
 # the count of batches taken (parameter-server training, or written before it was counted).
@@ -65,7 +65,15 @@ def initialise(config, model, manager, log):
         if 'batches_taken' in missing:
             live.batches_taken.assign(step)
         return True
-    if config.restore_from:
+    if config.restore_from and published.is_reference_checkpoint(
+            checkpoints.resolve_checkpoint(config.restore_from)):
+        prefix = checkpoints.resolve_checkpoint(config.restore_from)
+        log(published.load_reference_weights(
+            model, prefix, published.extra_logits_for(config.class_names, prefix),
+            other_classes=True).summary())
+        log('Starting from the weights of the reference checkpoint; the global step and '
+            'optimiser state start fresh')
+    elif config.restore_from:
         prefix, source_step, source_classes = checkpoints.restore_model_weights(
             model, config.restore_from, other_classes=True)
         log(f'Starting from the weights of {prefix} (step {source_step} there); the global step '
@@ -75,8 +83,9 @@ def initialise(config, model, manager, log):
                 f'{config.num_classes} here; the backbone and ASPP are loaded')
     elif config.imagenet:
         from libs.nets.pretrained import load_slim_backbone
-        log(load_slim_backbone(model.backbone, config.imagenet).summary())
+        log(load_slim_backbone(model.backbone, config.imagenet, scope=model.variant.scope,
+                               classifier=dict(model.variant.imagenet_left_out)).summary())
     else:
         log(f'Starting from scratch (random weights): the paper starts from ImageNet weights, '
-            f'pass --imagenet resnet_v1_{config.num_layers}.ckpt')
+            f'pass --imagenet {model.variant.imagenet}')
     return False

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 import config as config_lib
 from libs.datasets import input_pipeline, tfrecord
+from libs.nets import variants
 from libs.datasets.class_weights import format_class_weights
 from libs.evaluation.metrics import iou_from_confusion
 from libs.runs import checkpoints, record
@@ -161,6 +162,7 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
     val_files = (tfrecord.list_shards(config.data_dir, config.val_split)
                  if config.val_split else None)
     config = record.with_dataset_classes(config, train_files, val_files, log)
+    config = config_lib.resolve_network(record.with_recorded_layout(config))
     changed = record.check_snapshot_dir(config)
     if config.class_weight_values is not None:
         log(format_class_weights(config.class_weights, class_names_of(config),
@@ -199,7 +201,8 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
             crop_size=config.input_size,
             random_scale=(config.min_scale, config.max_scale) if config.random_scale else None,
             random_mirror=config.random_mirror, ignore_label=config.ignore_label,
-            seed=seed, input_context=input_context, start_example=start_example)
+            seed=seed, input_context=input_context, start_example=start_example,
+            preprocessing=variants.get(config.variant_name).preprocessing)
 
     if coordinator is not None:
         # TF 2.21 traces this once on the chief and runs the same graph on every worker, with an

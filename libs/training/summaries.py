@@ -124,7 +124,8 @@ class Reporter:
         with self.strategy.scope(), self.writer.as_default(step=step):
             if self.val_files:
                 result = evaluate_dataset(
-                    self.predictor, input_pipeline.eval_dataset(self.val_files),
+                    self.predictor, input_pipeline.eval_dataset(
+                        self.val_files, preprocessing=self.model.preprocessing),
                     self.config.num_classes, self.config.ignore_label, progress=False,
                     max_images=self.config.val_max_images)
                 val_miou = result['miou']
@@ -137,10 +138,10 @@ class Reporter:
 
     def _write_images(self):
         rows = []
-        for example in input_pipeline.eval_dataset(self.image_files).take(NUM_IMAGES):
+        for example in input_pipeline.eval_dataset(
+                self.image_files, preprocessing=self.model.preprocessing).take(NUM_IMAGES):
             prediction = self.predictor.predict(example['image'])
-            image = np.clip(example['image'].numpy() + np.array(input_pipeline.MEAN_RGB),
-                            0, 255).astype(np.uint8)
+            image = self.model.preprocessing.denormalize(example['image'].numpy())
             rows.append(np.concatenate(
                 [image, colorize(example['label'].numpy(), self.config.class_colors),
                  colorize(np.asarray(prediction), self.config.class_colors)],
