@@ -13,6 +13,7 @@ from libs.datasets import input_pipeline
 from libs.evaluation.evaluator import evaluate_dataset
 from libs.evaluation.inference import MultiScalePredictor
 from libs.runs import checkpoints
+from libs.training.best_checkpoint import BestCheckpoint
 from libs.utils.visualize import colorize
 
 NUM_IMAGES = 3
@@ -84,6 +85,9 @@ class Reporter:
                                              output_stride=config.output_stride)
         self.strategy = strategy
         self.image_files = val_files or train_files
+        # --keep-best: every mode validates here, so the best checkpoint is kept here too.
+        self.best = (BestCheckpoint(config.snapshot_dir, log)
+                     if config.keep_best and val_files else None)
 
     def log_progress(self, step, loss, lr, images_per_sec, eta_seconds, train_miou,
                      loss_scale=None):
@@ -131,6 +135,9 @@ class Reporter:
                 self.log(f'step {step}  val mIoU {val_miou:.4f} over '
                          f'{result["num_images"]} images ({self.config.val_split})')
                 tf.summary.scalar('val_miou', val_miou)
+                if self.best is not None:
+                    self.best.update(step, val_miou, checkpoint_path, self.config.val_split,
+                                     result['num_images'])
             self._write_images()
         self.writer.flush()
         return val_miou
