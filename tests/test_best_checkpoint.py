@@ -5,7 +5,9 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
+import tensorflow as tf
 
 import config as config_lib
 import evaluate
@@ -27,6 +29,19 @@ def _set_recorded_miou(best_dir, miou):
         json.dump(record, f)
 
 
+def _scalars(run_dir, prefix):
+    """{step: {tag: value}} of the TensorBoard scalars whose tag starts with `prefix`."""
+    found = {}
+    folder = os.path.join(run_dir, 'train')
+    for name in os.listdir(folder):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(folder, name)):
+            for value in event.summary.value:
+                if value.tag.startswith(prefix):
+                    found.setdefault(event.step, {})[value.tag] = float(
+                        tf.make_ndarray(value.tensor))
+    return found
+
+
 def test_keep_best_without_val_split_is_refused(capsys):
     parser = config_lib.build_train_parser('train\n')
     with pytest.raises(SystemExit):
@@ -35,7 +50,7 @@ def test_keep_best_without_val_split_is_refused(capsys):
 
 
 @pytest.mark.slow
-def test_best_checkpoint_is_kept_evaluated_and_survives_resumes(trained_run, tmp_path):
+def test_best_checkpoint_is_kept_evaluated_and_survives_resumes(trained_run, tmp_path, capsys):
     run_dir = str(tmp_path / 'run')
     best_dir = os.path.join(run_dir, 'best')
     config = config_lib.TrainConfig(
@@ -54,6 +69,13 @@ def test_best_checkpoint_is_kept_evaluated_and_survives_resumes(trained_run, tmp
         'best.json', 'checkpoint', 'config.json', f'model-{best_step}.index',
         f'model-{best_step}.data-00000-of-00001'])
     assert not [n for n in os.listdir(run_dir) if n.startswith('best.')]
+    # TensorBoard has each validation's per-class IoU; their mean is the logged mIoU.
+    per_class = _scalars(run_dir, 'val_iou/')
+    assert sorted(per_class) == [1, 2, 3]
+    for step, ious in per_class.items():
+        assert set(ious) <= {f'val_iou/{name}' for name in config_lib.load_run_config(
+            run_dir).class_names}
+        assert np.mean(list(ious.values())) == pytest.approx(mious[step], abs=5e-5)
 
     # best/ is a run folder of its own for evaluate.py.
     out = str(tmp_path / 'best_val.json')
@@ -62,6 +84,11 @@ def test_best_checkpoint_is_kept_evaluated_and_survives_resumes(trained_run, tmp
     with open(out) as f:
         report = json.load(f)
     assert report['global_step'] == best_step
+    printed = capsys.readouterr().out
+    assert 'most confused (true -> predicted' in printed
+    for pair in report['most_confused']:
+        assert f'{pair["true"]} -> {pair["predicted"]}' in printed
+    assert set(report['per_class_recall']) == set(report['class_names'])
     # Validation runs the unfolded network, evaluate.py the folded one: rounding only.
     assert report['miou'] == pytest.approx(record['miou'], abs=1e-3)
 

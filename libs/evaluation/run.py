@@ -74,6 +74,7 @@ def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=
     log(metrics.format_table(
         {'per_class_iou': [float('nan') if v is None else v for v in result['per_class_iou']],
          'miou': result['miou'], 'pixel_accuracy': result['pixel_accuracy']}, class_names))
+    log(metrics.format_confusions(result['most_confused'], class_names))
     if output_json:
         os.makedirs(os.path.dirname(os.path.abspath(output_json)), exist_ok=True)
         write_json_atomic(output_json, report)
