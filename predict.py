@@ -7,8 +7,11 @@ For each input `<stem>.<ext>` writes `<stem>.png` (class indices as a palette PN
 the run's dataset, at the input's own size) and with --overlay `<stem>_overlay.jpg` (the photo
 tinted with the classes found, with a legend). --input is one file, a folder (not recursive) or a
 quoted glob pattern. EXIF orientation is applied, so outputs are upright, as image viewers show the
-photo. The architecture is read from the run's config.json. An output that would overwrite an
-input is refused before anything is written. An unreadable file is reported and skipped; the exit
+photo. With --label-ids cityscapes, `<stem>.png` holds Cityscapes' label ids (greyscale), as its
+evaluation script and benchmark server read them: predicting 'leftImg8bit/test/*/*.png' gives
+`<city>_<seq>_<frame>_leftImg8bit.png` files ready to zip and submit. The architecture is read
+from the run's config.json. An output that would overwrite an input is refused before anything
+is written. An unreadable file is reported and skipped; the exit
 status is then 1.
 """
 import sys
@@ -30,9 +33,19 @@ def parse_args(argv=None):
     p.add_argument('--output-dir', required=True, help='where the PNGs (and overlays) go')
     p.add_argument('--overlay', action='store_true',
                    help='also write <stem>_overlay.jpg: the photo tinted, with a legend')
+    p.add_argument('--label-ids', choices=('cityscapes',), default=None,
+                   help="write the dataset's own label ids (greyscale PNGs, as Cityscapes' "
+                        'evaluation script and benchmark server read them) instead of palette '
+                        'class indices; the run must have been trained on it')
     args = p.parse_args(argv)
     config_lib.check_inference_args(p, args)
     config_lib.check_outputs(p, args, folders=('output_dir',))
+    if args.label_ids:
+        from libs.evaluation.prediction import check_label_ids
+        try:
+            check_label_ids(args.label_ids, args.restore_from)
+        except (ValueError, FileNotFoundError) as e:
+            p.error(f'--label-ids {args.label_ids}: {e}')
     try:
         paths = image_io.list_images(args.input)
         outputs = [out for path in paths
@@ -64,7 +77,9 @@ def main(argv=None):
           file=sys.stderr)
     failures = prediction.predict_files(
         predictor, paths, args.output_dir, prediction.class_names_of(run_config),
-        overlay=args.overlay, class_colors=prediction.class_colors_of(run_config))
+        overlay=args.overlay, class_colors=prediction.class_colors_of(run_config),
+        label_ids=(prediction.label_id_table(args.label_ids, run_config) if args.label_ids
+                   else None))
     written = len(paths) - len(failures)
     print(f'Wrote {written} prediction(s) to {args.output_dir}', file=sys.stderr)
     if failures:

@@ -37,7 +37,7 @@ def check_label_values(image_id, label, num_classes, ignore_label):
 
 def evaluate_dataset(predictor, dataset, num_classes, ignore_label=255, save_predictions_dir=None,
                      progress=True, max_images=None, on_prediction=None, num_images=None,
-                     class_colors=None):
+                     class_colors=None, label_ids=None):
     """Predicts every image of `dataset` and scores the predictions against the labels.
 
     Args:
@@ -49,6 +49,8 @@ def evaluate_dataset(predictor, dataset, num_classes, ignore_label=255, save_pre
         ignore_label: label value excluded from the score.
         save_predictions_dir: if given, each prediction is written there as the palette PNG
             `<image_id>.png` (the folder is created), in `class_colors` (None: VOC's).
+        label_ids: uint8 [256] (`prediction.label_id_table`): the saved PNGs hold the dataset's
+            label ids (greyscale) instead of palette class indices.
         progress: show a progress bar on stderr.
         max_images: evaluate only the first `max_images` images.
         num_images: how many images `dataset` holds, for the progress bar's total and ETA (a
@@ -90,7 +92,10 @@ def evaluate_dataset(predictor, dataset, num_classes, ignore_label=255, save_pre
         check_label_values(image_id, label.numpy(), num_classes, ignore_label)
         prediction = predictor.predict(example['image'])
         accumulator.update(metrics.confusion_matrix(label, prediction, num_classes, ignore_label))
-        if save_predictions_dir is not None:
+        if save_predictions_dir is not None and label_ids is not None:
+            visualize.save_label_id_png(os.path.join(save_predictions_dir, _png_name(image_id)),
+                                        prediction.numpy(), label_ids)
+        elif save_predictions_dir is not None:
             visualize.save_palette_png(
                 os.path.join(save_predictions_dir, _png_name(image_id)), prediction.numpy(),
                 class_colors)
