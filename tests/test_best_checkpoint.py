@@ -111,3 +111,9 @@ def test_best_checkpoint_is_kept_evaluated_and_survives_resumes(trained_run, tmp
     assert read_best(run_dir) == dict(record, step=4, miou=2.0, checkpoint='model-4',
                                       val_images=3)
     assert os.path.isfile(os.path.join(best_dir, 'model-4.index'))
+
+    # A resume validating on other images cannot compare with the record: it starts again.
+    lines = []
+    train(dataclasses.replace(config, num_steps=6, val_max_images=2), log=lines.append)
+    assert any(line.endswith('the record starts again') for line in lines)
+    assert read_best(run_dir)['step'] == 6 and read_best(run_dir)['val_images'] == 2

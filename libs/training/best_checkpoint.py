@@ -11,7 +11,9 @@ elsewhere alone.
 `best.tmp-<pid>/`, the old one renamed to `best.old-<pid>/`, the new one renamed to `best/`, the
 old one deleted. A process killed between the two renames leaves `best.old-<pid>/` and no `best/`;
 the next run puts it back (`recover`). A resumed run reads `best.json`, so a worse mIoU after the
-resume does not replace a better one from before.
+resume does not replace a better one from before; a resume that validates on other images
+(another --val-split or --val-max-images) says so and starts the record again, since mIoUs of
+different images cannot be compared.
 """
 import glob
 import json
@@ -77,6 +79,8 @@ class BestCheckpoint:
         recover(snapshot_dir, log)
         record = read_best(snapshot_dir)
         self.best_miou = None if record is None else record['miou']
+        self.measured_on = (None if record is None
+                            else (record.get('val_split'), record.get('val_images')))
         if record is not None:
             log(f'Best checkpoint so far: step {record["step"]}, val mIoU {record["miou"]:.4f} '
                 f'({os.path.join(snapshot_dir, BEST_DIR)})')
@@ -88,7 +92,16 @@ class BestCheckpoint:
         Returns:
             Whether `best/` now holds this checkpoint.
         """
-        if miou is None or (self.best_miou is not None and miou <= self.best_miou):
+        if miou is None:
+            return False
+        if self.best_miou is not None and self.measured_on != (val_split, val_images):
+            # A resume with another --val-split or --val-max-images: the recorded mIoU was
+            # measured on other images and cannot be compared.
+            self.log(f'step {step}: the best so far ({self.best_miou:.4f}) was measured on '
+                     f'{self.measured_on[1]} images of {self.measured_on[0]}, this validation on '
+                     f'{val_images} of {val_split}: the record starts again')
+            self.best_miou = None
+        if self.best_miou is not None and miou <= self.best_miou:
             return False
         files = glob.glob(glob.escape(checkpoint_prefix) + '.*')
         if not any(f.endswith('.index') for f in files):
@@ -119,6 +132,7 @@ class BestCheckpoint:
         if os.path.exists(old):
             shutil.rmtree(old)
         previous, self.best_miou = self.best_miou, float(miou)
+        self.measured_on = (val_split, val_images)
         self.log(f'step {step}: best val mIoU so far ({miou:.4f}'
                  + (f', was {previous:.4f}' if previous is not None else '')
                  + f'): kept in {best}')
