@@ -245,7 +245,7 @@ def check_camera(camera, window='DeepLabV3'):
 
 def show_camera(predictor, camera, class_colors=None, overlay=True, window='DeepLabV3'):
     """Shows camera `camera`'s frames painted with the predicted classes in a window until `q`
-    (or Esc, or the window is closed).
+    (or Esc, Ctrl-C, or the window is closed).
 
     Raises:
         ValueError: as `check_camera`.
@@ -266,6 +266,8 @@ def show_camera(predictor, camera, class_colors=None, overlay=True, window='Deep
             if key in (ord('q'), 27) or cv2.getWindowProperty(window,
                                                               cv2.WND_PROP_VISIBLE) < 1:
                 break
+    except KeyboardInterrupt:
+        pass  # as q
     finally:
         capture.release()
         cv2.destroyAllWindows()
