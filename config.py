@@ -22,7 +22,7 @@ ARCHITECTURE_FIELDS = ('num_layers', 'num_classes', 'multi_grid', 'model_variant
 # neither the recorded run nor the new one.
 RESUMABLE_CHANGES = ('data_dir', 'num_steps', 'snapshot_dir', 'save_pred_every', 'max_to_keep',
                      'restore_from', 'imagenet', 'deterministic', 'log_every', 'val_split',
-                     'val_max_images',
+                     'val_max_images', 'keep_best',
                      # Variables stay float32 whatever the precision: the checkpoint is the same.
                      'precision')
 
@@ -84,6 +84,7 @@ class TrainConfig:
     log_every: int = 10
     val_split: Optional[str] = None
     val_max_images: Optional[int] = None
+    keep_best: bool = False  # keep the checkpoint of the best val mIoU in <snapshot_dir>/best/
     # Precision: the dtype the network computes in ('float32', 'bfloat16', 'float16').
     precision: str = 'float32'
 
@@ -356,6 +357,9 @@ def build_train_parser(doc):
                    help='split in --data-dir to validate on at every checkpoint')
     g.add_argument('--val-max-images', type=positive_int, default=d.val_max_images,
                    help='validate on the first N images of --val-split only')
+    g.add_argument('--keep-best', action='store_true', default=d.keep_best,
+                   help='also keep the checkpoint of the best val mIoU so far in '
+                        '<snapshot-dir>/best/ (a run folder of its own: --restore-from it)')
     g = p.add_argument_group('precision')
     g.add_argument('--precision', choices=PRECISIONS, default=d.precision,
                    help='dtype the convolutions compute in; variables, batch-norm statistics, '
@@ -479,6 +483,9 @@ def parse_train_args(parser, argv=None, check_snapshot_dir=True):
     if args.num_classes is not None and args.ignore_label < args.num_classes:
         parser.error(f'--ignore-label {args.ignore_label} is one of the {args.num_classes} '
                      f'classes (0..{args.num_classes - 1}); it must be outside them')
+    if args.keep_best and not args.val_split:
+        parser.error('--keep-best needs --val-split: the best checkpoint is the one of the best '
+                     'val mIoU')
     if check_snapshot_dir:
         check_outputs(parser, args, folders=('snapshot_dir',))
     return args

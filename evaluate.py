@@ -4,6 +4,12 @@
         --split-name val --output-stride 8 --scales 0.5,0.75,1.0,1.25,1.5,1.75 --flip \\
         --output-json val.json --report val_report
 
+A Cityscapes run scored by Cityscapes' own script too (both mIoUs are printed; they agree), with
+the label-id PNGs the benchmark server takes kept in cs_val:
+
+    .venv/bin/python evaluate.py --restore-from runs/cityscapes --data-dir data/cityscapes \\
+        --split-name val --cityscapes-eval /data/cityscapes --save-predictions cs_val
+
 The architecture is read from the run's config.json. Records holding a label the model has no
 class for are refused. Every output is checked for writability before the evaluation starts, and
 --output-json may not be one of the inputs (a shard, the run's config.json).
@@ -33,8 +39,29 @@ def parse_args(argv=None):
     p.add_argument('--tflite', default=None, metavar='FILE',
                    help="evaluate this TFLite export of the run (export.py --format tflite: its "
                         "folder or its model.tflite) instead of the checkpoint's network")
+    p.add_argument('--label-ids', choices=('cityscapes',), default=None,
+                   help="--save-predictions writes the dataset's own label ids (greyscale PNGs, "
+                        "as Cityscapes' evaluation script and benchmark server read them) instead "
+                        'of palette class indices; the run must have been trained on it')
+    p.add_argument('--cityscapes-eval', default=None, metavar='CITYSCAPES_DIR',
+                   help="also score with Cityscapes' own script (cityscapesscripts) against "
+                        'CITYSCAPES_DIR/gtFine/<--split-name>; implies --label-ids cityscapes')
     args = p.parse_args(argv)
     config_lib.check_inference_args(p, args)
+    if args.label_ids and not (args.save_predictions or args.cityscapes_eval):
+        p.error('--label-ids needs --save-predictions DIR (where the label-id PNGs go)')
+    if args.cityscapes_eval:
+        gt_dir = os.path.join(args.cityscapes_eval, 'gtFine', args.split_name)
+        if not os.path.isdir(gt_dir):
+            p.error(f'--cityscapes-eval {args.cityscapes_eval}: {gt_dir} not found (give the '
+                    'Cityscapes folder holding gtFine/)')
+        args.label_ids = 'cityscapes'
+    if args.label_ids:
+        from libs.evaluation.prediction import check_label_ids
+        try:
+            check_label_ids(args.label_ids, args.restore_from)
+        except (ValueError, FileNotFoundError) as e:
+            p.error(f'--label-ids {args.label_ids}: {e}')
     if args.tflite and (tuple(args.scales) != (1.0,) or args.flip or args.crop_size
                         or args.precision != 'float32' or args.output_stride):
         p.error('--tflite runs the exported model as it is: no --scales, --flip, --crop-size, '
@@ -65,7 +92,8 @@ def main(argv=None):
                             output_json=args.output_json,
                             save_predictions_dir=args.save_predictions,
                             max_images=args.max_images, report_dir=args.report,
-                            tflite_model=args.tflite,
+                            tflite_model=args.tflite, label_ids=args.label_ids,
+                            cityscapes_dir=args.cityscapes_eval,
                             reference=config_lib.reference_hints(args))
     except (ValueError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)

@@ -96,6 +96,21 @@ def test_max_images_and_json_report(tmp_path):
         loaded = json.load(f)
     assert loaded['per_class_iou'] == dict(zip(names, result['per_class_iou']))
     assert loaded['per_class_iou']['blue'] is None
+    # Precision and recall by name, recomputed from the saved counts.
+    confusion = np.array(loaded['confusion_matrix'])
+    assert loaded['class_names'] == names
+    for c, name in enumerate(names[:3]):
+        assert loaded['per_class_precision'][name] == pytest.approx(
+            confusion[c, c] / confusion[:, c].sum())
+        assert loaded['per_class_recall'][name] == pytest.approx(
+            confusion[c, c] / confusion[c].sum())
+    assert loaded['per_class_recall']['blue'] is None
+    worst = loaded['most_confused'][0]
+    i, j = names.index(worst['true']), names.index(worst['predicted'])
+    shares = confusion[:3] / confusion[:3].sum(axis=1, keepdims=True)  # blue: no pixel
+    np.fill_diagonal(shares, 0)
+    assert worst['share'] == pytest.approx(shares.max()) == confusion[i, j] / confusion[i].sum()
+    assert worst['pixels'] == confusion[i, j] > 0
     assert loaded['miou'] == result['miou'] and loaded['global_step'] == 7
     with pytest.raises(ValueError):
         evaluator.result_to_json_dict(result, names, miou=1.0)

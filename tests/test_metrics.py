@@ -46,6 +46,22 @@ def test_iou_hand_example_with_absent_class():
     assert result['pixel_accuracy'] == pytest.approx(3 / 4)
 
 
+def test_precision_recall_and_most_confused_hand_example():
+    # class 0: precision 1/1, recall 1/2; class 1: precision 2/3, recall 2/2; class 2: neither.
+    precision, recall = metrics.precision_recall(HAND_CONFUSION)
+    np.testing.assert_allclose(precision[:2], [1, 2 / 3])
+    np.testing.assert_allclose(recall[:2], [1 / 2, 1])
+    assert np.isnan(precision[2]) and np.isnan(recall[2])
+    # Half of class 0's pixels went to class 1; nothing else was confused.
+    pairs = metrics.most_confused_pairs(HAND_CONFUSION)
+    assert pairs == [{'true': 0, 'predicted': 1, 'share': 0.5, 'pixels': 1}]
+    assert metrics.format_confusions(pairs, ['sky', 'road', 'car']).splitlines()[1] == (
+        'sky -> road   50.00%  (1 px)')
+    # By share of the true class, not by count: 3 of 4 pixels beat 10 of 100.
+    pairs = metrics.most_confused_pairs([[90, 10, 0], [3, 1, 0], [0, 0, 5]], count=1)
+    assert pairs == [{'true': 1, 'predicted': 0, 'share': 0.75, 'pixels': 3}]
+
+
 def test_class_only_predicted_counts_as_zero():
     # Class 1 is predicted once but never labelled: TP 0, FP 1 -> IoU 0, and it IS in the mean.
     # class 0: TP 2, FN 1 -> 2/3; mIoU = (2/3 + 0) / 2 = 1/3.

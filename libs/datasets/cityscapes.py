@@ -19,6 +19,8 @@ Class names and colours are the table's.
 import glob
 import os
 
+import numpy as np
+
 from cityscapesscripts.helpers import labels as cityscapes_labels
 
 from libs.datasets import conversion
@@ -45,6 +47,20 @@ def dataset():
     labels = _train_labels()
     return DatasetDescription('cityscapes', tuple(label.name for label in labels),
                               tuple(tuple(label.color) for label in labels), IGNORE_LABEL)
+
+
+def label_ids_of_train_ids():
+    """uint8 [256]: the table's label id of each train id (0, 'unlabeled', beyond them), the
+    ids Cityscapes' evaluation script and benchmark server read in a prediction PNG."""
+    table = np.zeros(256, np.uint8)
+    for label in _train_labels():
+        table[label.trainId] = label.id
+    return table
+
+
+def is_cityscapes(class_names):
+    """Whether a run's class names are Cityscapes' 19 train-id classes, in train-id order."""
+    return tuple(class_names or ()) == dataset().class_names
 
 
 def label_mapping():

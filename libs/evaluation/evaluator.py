@@ -37,7 +37,7 @@ def check_label_values(image_id, label, num_classes, ignore_label):
 
 def evaluate_dataset(predictor, dataset, num_classes, ignore_label=255, save_predictions_dir=None,
                      progress=True, max_images=None, on_prediction=None, num_images=None,
-                     class_colors=None):
+                     class_colors=None, label_ids=None):
     """Predicts every image of `dataset` and scores the predictions against the labels.
 
     Args:
@@ -49,6 +49,8 @@ def evaluate_dataset(predictor, dataset, num_classes, ignore_label=255, save_pre
         ignore_label: label value excluded from the score.
         save_predictions_dir: if given, each prediction is written there as the palette PNG
             `<image_id>.png` (the folder is created), in `class_colors` (None: VOC's).
+        label_ids: uint8 [256] (`prediction.label_id_table`): the saved PNGs hold the dataset's
+            label ids (greyscale) instead of palette class indices.
         progress: show a progress bar on stderr.
         max_images: evaluate only the first `max_images` images.
         num_images: how many images `dataset` holds, for the progress bar's total and ETA (a
@@ -59,8 +61,11 @@ def evaluate_dataset(predictor, dataset, num_classes, ignore_label=255, save_pre
 
     Returns:
         dict with `miou` (float, None if no pixel was scored), `per_class_iou` (list of C floats,
-        None for classes absent from labels and predictions), `pixel_accuracy` (float or None),
-        `confusion_matrix` (C lists of C ints, rows ground truth) and `num_images`.
+        None for classes absent from labels and predictions), `per_class_precision` and
+        `per_class_recall` (lists of C floats, None for classes never predicted, resp. never
+        labelled; `metrics.precision_recall`), `pixel_accuracy` (float or None),
+        `confusion_matrix` (C lists of C ints, rows ground truth), `most_confused`
+        (`metrics.most_confused_pairs`) and `num_images`.
 
     Raises:
         ValueError: if the dataset yields no image, a label's size differs from its image's, or a
@@ -87,7 +92,10 @@ def evaluate_dataset(predictor, dataset, num_classes, ignore_label=255, save_pre
         check_label_values(image_id, label.numpy(), num_classes, ignore_label)
         prediction = predictor.predict(example['image'])
         accumulator.update(metrics.confusion_matrix(label, prediction, num_classes, ignore_label))
-        if save_predictions_dir is not None:
+        if save_predictions_dir is not None and label_ids is not None:
+            visualize.save_label_id_png(os.path.join(save_predictions_dir, _png_name(image_id)),
+                                        prediction.numpy(), label_ids)
+        elif save_predictions_dir is not None:
             visualize.save_palette_png(
                 os.path.join(save_predictions_dir, _png_name(image_id)), prediction.numpy(),
                 class_colors)
@@ -97,17 +105,23 @@ def evaluate_dataset(predictor, dataset, num_classes, ignore_label=255, save_pre
     if num_images == 0:
         raise ValueError('the dataset yielded no images to evaluate')
     scores = accumulator.result()
+    precision, recall = metrics.precision_recall(accumulator.confusion)
     return {
         'miou': _none_if_nan(scores['miou']),
         'per_class_iou': [_none_if_nan(v) for v in scores['per_class_iou']],
+        'per_class_precision': [_none_if_nan(v) for v in precision],
+        'per_class_recall': [_none_if_nan(v) for v in recall],
         'pixel_accuracy': _none_if_nan(scores['pixel_accuracy']),
         'confusion_matrix': accumulator.confusion.tolist(),
+        'most_confused': metrics.most_confused_pairs(accumulator.confusion),
         'num_images': num_images,
     }
 
 
 def result_to_json_dict(result, class_names, **extra):
-    """The JSON report of an evaluation: per-class IoU keyed by class name, plus run details.
+    """The JSON report of an evaluation: per-class IoU, precision and recall keyed by class name,
+    the confusion matrix with `class_names` (its rows and columns in order), the most confused
+    pairs by name, plus run details.
 
     Args:
         result: dict returned by `evaluate_dataset`.
@@ -121,12 +135,19 @@ def result_to_json_dict(result, class_names, **extra):
     if len(class_names) != len(result['per_class_iou']):
         raise ValueError(
             f'{len(class_names)} class names but {len(result["per_class_iou"])} IoU values')
-    clashes = sorted(set(extra) & (set(result) | {'per_class_iou'}))
+    clashes = sorted(set(extra) & (set(result) | {'per_class_iou', 'class_names'}))
     if clashes:
         raise ValueError(f'extra keys would overwrite evaluation results: {clashes}')
     report = dict(result)
-    report['per_class_iou'] = {
-        name: _none_if_nan(value) for name, value in zip(class_names, result['per_class_iou'])}
+    for key in ('per_class_iou', 'per_class_precision', 'per_class_recall'):
+        if key in result:
+            report[key] = {name: _none_if_nan(value)
+                           for name, value in zip(class_names, result[key])}
+    if 'most_confused' in result:
+        report['most_confused'] = [dict(pair, true=class_names[pair['true']],
+                                        predicted=class_names[pair['predicted']])
+                                   for pair in result['most_confused']]
+    report['class_names'] = list(class_names)
     report.update(extra)
     return report
 

@@ -78,6 +78,62 @@ def iou_from_confusion(confusion):
     }
 
 
+def precision_recall(confusion):
+    """Per-class precision TP / (TP + FP) (of the pixels predicted as c, the share that are c)
+    and recall TP / (TP + FN) (of the pixels of c, the share found).
+
+    Args:
+        confusion: array-like [C, C] of counts, rows ground truth, columns predictions.
+
+    Returns:
+        (precision, recall): float64 [C] each; NaN where the class was never predicted (precision)
+        or never labelled (recall).
+    """
+    confusion = np.asarray(confusion, dtype=np.float64)
+    true_positive = np.diag(confusion)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        precision = np.where(confusion.sum(axis=0) > 0, true_positive / confusion.sum(axis=0),
+                             np.nan)
+        recall = np.where(confusion.sum(axis=1) > 0, true_positive / confusion.sum(axis=1), np.nan)
+    return precision, recall
+
+
+def most_confused_pairs(confusion, count=5):
+    """The pairs (true class, predicted class) with the largest share of the true class's pixels
+    predicted as the other, largest first; pairs with no pixel are left out.
+
+    Args:
+        confusion: array-like [C, C] of counts, rows ground truth, columns predictions.
+        count: at most this many pairs.
+
+    Returns:
+        list of dicts with `true` and `predicted` (class indices), `share` (float in (0, 1]: the
+        pair's pixels over the true class's labelled pixels) and `pixels` (int).
+    """
+    confusion = np.asarray(confusion, dtype=np.int64)
+    rows = confusion.sum(axis=1)
+    pairs = [(confusion[i, j] / rows[i], int(confusion[i, j]), i, j)
+             for i in range(confusion.shape[0]) for j in range(confusion.shape[1])
+             if i != j and confusion[i, j] > 0]
+    pairs.sort(key=lambda pair: (-pair[0], -pair[1], pair[2], pair[3]))
+    return [{'true': i, 'predicted': j, 'share': float(share), 'pixels': pixels}
+            for share, pixels, i, j in pairs[:count]]
+
+
+def format_confusions(pairs, class_names):
+    """The lines of `most_confused_pairs`: 'cat -> dog  12.34% of cat's pixels (1234 px)'."""
+    if not pairs:
+        return 'most confused: none (every labelled pixel predicted right)'
+    width = max(len(class_names[p['true']]) + len(class_names[p['predicted']]) + 4
+                for p in pairs)
+    lines = ['most confused (true -> predicted: share of the true class\'s pixels)']
+    for p in pairs:
+        true, predicted = class_names[p['true']], class_names[p['predicted']]
+        lines.append(f'{f"{true} -> {predicted}":<{width}}  {100.0 * p["share"]:6.2f}%  '
+                     f'({p["pixels"]} px)')
+    return '\n'.join(lines)
+
+
 class ConfusionAccumulator:
     """Sums confusion matrices over a whole split, on the host, in int64.
 

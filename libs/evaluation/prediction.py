@@ -32,6 +32,48 @@ def class_colors_of(run_config):
     return voc.dataset(run_config.num_classes).palette
 
 
+# What `--label-ids` may name: datasets whose benchmark reads its own label ids, not class indices.
+LABEL_ID_CHOICES = ('cityscapes',)
+
+
+def label_id_table(name, run_config):
+    """The label id of each class index of a run, for prediction PNGs a dataset's own tools read.
+
+    Args:
+        name: one of `LABEL_ID_CHOICES`.
+        run_config: the run's `TrainConfig`.
+    Returns:
+        uint8 array [256].
+    Raises:
+        ValueError: the run was not trained on that dataset's classes.
+    """
+    from libs.datasets import cityscapes
+    if name not in LABEL_ID_CHOICES:
+        raise ValueError(f'unknown label ids {name!r}; expected one of {LABEL_ID_CHOICES}')
+    names = class_names_of(run_config)
+    if not cityscapes.is_cityscapes(names):
+        raise ValueError(f"the run's {len(names)} classes ({', '.join(names[:3])}, ...) are not "
+                         "Cityscapes' 19 train-id classes: it was trained on another dataset")
+    return cityscapes.label_ids_of_train_ids()
+
+
+def check_label_ids(name, restore_from):
+    """Refuses label ids of a dataset the run was not trained on, reading only its config.json
+    (before the checkpoint is loaded). A checkpoint without config.json (a published one of the
+    reference DeepLab) tells its classes once it is read, and is checked then.
+
+    Raises:
+        ValueError, FileNotFoundError: as `label_id_table`, `config.load_run_config`.
+    """
+    import os
+
+    import config as config_lib
+    if not os.path.isfile(os.path.join(config_lib.run_dir_of(restore_from),
+                                       config_lib.CONFIG_FILE)):
+        return
+    label_id_table(name, config_lib.load_run_config(restore_from))
+
+
 def overlay_with_legend(image, label, class_names, class_colors=None, alpha=0.5):
     """The photo tinted with the class colours, and a legend of the classes present on its right.
 
@@ -78,7 +120,7 @@ def overlay_with_legend(image, label, class_names, class_colors=None, alpha=0.5)
 
 
 def predict_files(predictor, paths, output_dir, class_names, overlay=False, progress=True,
-                  log=None, class_colors=None):
+                  log=None, class_colors=None, label_ids=None):
     """Predicts image files one by one; an unreadable file is reported and skipped.
 
     Args:
@@ -90,6 +132,8 @@ def predict_files(predictor, paths, output_dir, class_names, overlay=False, prog
         class_colors: (r, g, b) by class index, for the PNGs' palette and the overlays; None for
             VOC's.
         overlay: also write the overlays.
+        label_ids: uint8 [256] (`label_id_table`): write `<stem>.png` as greyscale label ids
+            of the dataset instead of palette class indices.
         progress: show a progress bar on stderr (only for more than one file).
         log: called with one line per failed file; default: printed to stderr (above the bar).
 
@@ -116,7 +160,10 @@ def predict_files(predictor, paths, output_dir, class_names, overlay=False, prog
             log(f'skipped {path}: prediction failed: {e.message}')
             continue
         outputs = image_io.output_paths(path, output_dir, overlay)
-        visualize.save_palette_png(outputs[0], prediction, class_colors)
+        if label_ids is not None:
+            visualize.save_label_id_png(outputs[0], prediction, label_ids)
+        else:
+            visualize.save_palette_png(outputs[0], prediction, class_colors)
         if overlay:
             image_io.save_image_atomic(
                 outputs[1], overlay_with_legend(image, prediction, class_names, class_colors))

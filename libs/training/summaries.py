@@ -12,7 +12,9 @@ import tensorflow as tf
 from libs.datasets import input_pipeline
 from libs.evaluation.evaluator import evaluate_dataset
 from libs.evaluation.inference import MultiScalePredictor
+from libs.evaluation.prediction import class_names_of
 from libs.runs import checkpoints
+from libs.training.best_checkpoint import BestCheckpoint
 from libs.utils.visualize import colorize
 
 NUM_IMAGES = 3
@@ -84,6 +86,9 @@ class Reporter:
                                              output_stride=config.output_stride)
         self.strategy = strategy
         self.image_files = val_files or train_files
+        # --keep-best: every mode validates here, so the best checkpoint is kept here too.
+        self.best = (BestCheckpoint(config.snapshot_dir, log)
+                     if config.keep_best and val_files else None)
 
     def log_progress(self, step, loss, lr, images_per_sec, eta_seconds, train_miou,
                      loss_scale=None):
@@ -132,6 +137,14 @@ class Reporter:
                 self.log(f'step {step}  val mIoU {val_miou:.4f} over '
                          f'{result["num_images"]} images ({self.config.val_split})')
                 tf.summary.scalar('val_miou', val_miou)
+                # One chart per class, grouped under val_iou/ (classes absent from the split's
+                # labels and predictions have no IoU and no point).
+                for name, iou in zip(class_names_of(self.config), result['per_class_iou']):
+                    if iou is not None:
+                        tf.summary.scalar(f'val_iou/{name}', iou)
+                if self.best is not None:
+                    self.best.update(step, val_miou, checkpoint_path, self.config.val_split,
+                                     result['num_images'])
             self._write_images()
         self.writer.flush()
         return val_miou

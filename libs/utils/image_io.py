@@ -166,6 +166,17 @@ def _remove_dead_temporaries(folder):
                 pass  # another process swept it first, or the folder is read-only
 
 
+def temporary_path(path):
+    """A new empty file beside `path`, with its extension, named as `atomic_output`'s temporary
+    files (so that a later write into the folder sweeps it when its process is gone), for writers
+    that open files themselves (e.g. OpenCV's video writer); the caller renames or removes it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f'{_host_prefix()}{os.getpid()}-',
+                                    suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    return tmp_path
+
+
 @contextlib.contextmanager
 def atomic_output(path, mode='wb'):
     """Opens a temporary file beside `path` for writing and renames it to `path` on success.

@@ -97,6 +97,21 @@ def save_palette_png(path, label, class_colors=None):
         image.save(f, format='PNG')
 
 
+def save_label_id_png(path, label, label_ids):
+    """Writes class indices mapped to a dataset's own label ids as a greyscale ('L') PNG,
+    atomically (as `save_palette_png`): what a benchmark such as Cityscapes' reads.
+
+    Args:
+        path: destination file name; its folder must exist.
+        label: integer array [H, W] with values in [0, 255].
+        label_ids: uint8 array [256], the label id of each class index.
+    """
+    label = _check_label(label)
+    image = Image.fromarray(np.asarray(label_ids, np.uint8)[label], mode='L')
+    with atomic_output(path) as f:
+        image.save(f, format='PNG')
+
+
 def read_label_png(path):
     """Reads the class indices of a label PNG, without converting the palette to RGB.
 
