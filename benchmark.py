@@ -8,6 +8,11 @@
         --precision bfloat16
     .venv/bin/python benchmark.py --mode input --input-size 321 --batch-size 2 --steps 50
     .venv/bin/python benchmark.py --mode convert --num-images 200 --steps 3
+    .venv/bin/python benchmark.py --mode tflite --model-variant mobilenet_v2 --input-size 513
+    .venv/bin/python benchmark.py --mode inference --model-variant xception_65 --input-size 513
+
+`--model-variant` and the head flags are train.py's (default: the variant's head); or
+`--restore-from` a run or a published checkpoint of the reference DeepLab times its network.
 
 Modes (a step's time is the median over `--steps` steps, after `--warmup` steps that include
 tracing; several timed functions run interleaved, so that load from other processes hits them
@@ -66,8 +71,10 @@ MODES = ('inference', 'train', 'input', 'convert', 'tflite')
 def build_parser():
     p = config_lib.script_parser(__doc__)
     p.add_argument('--mode', choices=MODES, default='inference', help='the code path to time')
-    p.add_argument('--num-layers', type=int, choices=(50, 101, 152), default=101,
-                   help='ResNet-v1 depth')
+    config_lib.add_network_args(p)
+    p.add_argument('--restore-from', default=None,
+                   help="time this run's or published checkpoint's network (its variant and "
+                        'head; weights do not change the time) instead of the flags\' network')
     p.add_argument('--output-stride', type=int, choices=(8, 16, 32), default=16,
                    help='output stride of the network')
     p.add_argument('--num-classes', type=config_lib.class_count, default=21,
@@ -152,11 +159,10 @@ def bench_inference(args, tf):
     """
     from libs.evaluation.inference import (MultiScalePredictor, _window_count, aligned_length,
                                            scaled_length)
-    from libs.nets.deeplabv3 import DeepLabV3
     from libs.nets.folding import FoldedDeepLabV3
     from libs.utils.flops import count_flops
 
-    model = DeepLabV3(args.num_classes, args.num_layers, args.output_stride, seed=0)
+    model = build_network(args)
     net = FoldedDeepLabV3(model) if args.fold_bn else model
     height, width = args.height or args.input_size, args.width or args.input_size
     image = tf.random.stateless_uniform([height, width, 3], [0, 1], -120., 130.)
@@ -226,7 +232,7 @@ def bench_train(args, tf):
     from libs.training.step import build_optimizer, build_train_step
     from libs.utils.flops import count_flops
 
-    config = config_lib.TrainConfig(num_layers=args.num_layers, output_stride=args.output_stride,
+    config = config_lib.TrainConfig(**network_fields(args), output_stride=args.output_stride,
                                     num_classes=args.num_classes, batch_size=args.batch_size,
                                     input_size=args.input_size, sync_bn=args.sync_bn,
                                     precision=args.precision)
@@ -277,17 +283,15 @@ def bench_tflite(args, tf, workdir):
     bfloat16, on the same [S, S, 3] image (see the module docstring)."""
     import numpy as np
 
-    from libs.datasets.input_pipeline import MEAN_RGB
     from libs.evaluation import tflite
     from libs.evaluation.inference import MultiScalePredictor
-    from libs.nets.deeplabv3 import DeepLabV3
     from libs.nets.folding import FoldedDeepLabV3
 
     size = args.input_size
-    model = DeepLabV3(args.num_classes, args.num_layers, args.output_stride, seed=0)
+    model = build_network(args)
     rng = np.random.default_rng(0)
     pixels = rng.uniform(0, 255, (size, size, 3)).astype(np.float32)
-    image = tf.constant(pixels - np.asarray(MEAN_RGB, np.float32))
+    image = model.preprocessing.normalize(pixels)
     folded = FoldedDeepLabV3(model)
     steps = {}
     for precision in ('float32', 'bfloat16'):
@@ -299,14 +303,16 @@ def bench_tflite(args, tf, workdir):
 
     def calibration():
         for _ in range(4):
-            yield [tflite.on_canvas(rng.uniform(0, 255, (size, size, 3)), size)]
+            yield [tflite.on_canvas(rng.uniform(0, 255, (size, size, 3)), size,
+                                    model.preprocessing)]
 
     for quantize in tflite.QUANTIZATIONS:
         path = tflite.export_tflite(model, os.path.join(workdir, quantize), names, size,
                                     args.output_stride, quantize,
                                     calibration if quantize == 'int8' else None)
         predictor = tflite.TFLitePredictor(path, num_threads=args.threads or
-                                           len(os.sched_getaffinity(0)))
+                                           len(os.sched_getaffinity(0)),
+                                           preprocessing=model.preprocessing)
         steps[f'tflite_{quantize}'] = lambda p=predictor: p.predict_probabilities(image)
     times = _time_steps(steps, args.steps, args.warmup)
     seconds = {name: statistics.median(t) for name, t in times.items()}
@@ -413,7 +419,9 @@ def run(args):
     images_per_step = args.num_images if args.mode == 'convert' else args.batch_size
     gpus = tf.config.list_physical_devices('GPU')
     result = {
-        'mode': args.mode, 'num_layers': args.num_layers, 'output_stride': args.output_stride,
+        'mode': args.mode, 'model_variant': args.model_variant, 'num_layers': args.num_layers,
+        'decoder_output_stride': args.decoder_output_stride,
+        'restore_from': args.restore_from, 'output_stride': args.output_stride,
         'input_size': args.input_size, 'batch_size': args.batch_size, 'steps': args.steps,
         'threads': threads, 'inter_op_threads': args.inter_op_threads,
         'precision': args.precision,
@@ -474,9 +482,51 @@ def _report(r):
     return '\n'.join(lines)
 
 
+NETWORK_FIELDS = ('model_variant', 'num_layers', 'depth_multiplier', 'multi_grid',
+                  'atrous_rates', 'aspp_separable', 'decoder_output_stride',
+                  'aspp_pooling_first')
+
+
+def _network_of_checkpoint(args):
+    """The network fields of a run's config.json or a published checkpoint, without TensorFlow
+    loading its weights."""
+    import dataclasses
+    from libs.runs import checkpoints, published
+    prefix = checkpoints.resolve_checkpoint(args.restore_from)
+    run_config = os.path.join(config_lib.run_dir_of(prefix), config_lib.CONFIG_FILE)
+    if os.path.isfile(run_config):
+        config = config_lib.load_run_config(prefix)
+    else:
+        config, _ = published.reference_config(prefix, log=lambda line: None)
+    args.num_classes = config.num_classes
+    return dataclasses.asdict(config)
+
+
+def network_fields(args):
+    """The `TrainConfig` network fields of parsed flags."""
+    return {name: getattr(args, name) for name in NETWORK_FIELDS}
+
+
+def build_network(args):
+    """The `DeepLabV3` to time (random weights: they do not change the time)."""
+    from libs.runs.checkpoints import build_model
+    return build_model(config_lib.TrainConfig(**network_fields(args),
+                                              output_stride=args.output_stride,
+                                              num_classes=args.num_classes))
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.restore_from:
+        try:
+            network = _network_of_checkpoint(args)
+        except (ValueError, FileNotFoundError) as e:
+            parser.error(f'--restore-from: {e}')
+    else:
+        network = config_lib.network_from_args(parser, args)
+    for name in NETWORK_FIELDS:
+        setattr(args, name, network[name])
     inference_only = [f'--{name.replace("_", "-")}' for name in ('height', 'width', 'crop_size',
                                                                   'stride')
                       if getattr(args, name) is not None]

@@ -512,6 +512,12 @@ def add_inference_args(parser):
                              'whole image at once')
     parser.add_argument('--stride', type=positive_int, default=None,
                         help='step between sliding windows; default two thirds of --crop-size')
+    parser.add_argument('--eval-crop-size', type=parse_int_tuple, default=None,
+                        metavar='H[,W]',
+                        help="infer on the reference DeepLab's one fixed canvas (its "
+                             '--eval_crop_size: 513 for VOC and ADE20K, 1025,2049 for '
+                             'Cityscapes), to reproduce a published figure exactly; default each '
+                             'image on its own smallest OS*k+1 canvas')
     parser.add_argument('--precision', choices=PRECISIONS, default='float32',
                         help='dtype the network computes in (weights stay float32; softmax and '
                              'averaging float32). bfloat16: CPUs with AVX512_BF16, Ampere and '
@@ -545,6 +551,14 @@ def check_inference_args(parser, args):
     """Refusals that concern several inference flags together (argparse's one-line error)."""
     if args.stride is not None and args.crop_size is None:
         parser.error('--stride needs --crop-size (sliding-window inference)')
+    if getattr(args, 'eval_crop_size', None) is not None:
+        if len(args.eval_crop_size) == 1:
+            args.eval_crop_size = args.eval_crop_size * 2
+        if len(args.eval_crop_size) != 2:
+            parser.error('--eval-crop-size takes H or H,W')
+        if args.crop_size is not None:
+            parser.error('--eval-crop-size (one canvas) and --crop-size (sliding windows) do '
+                         'not go together')
 
 
 def config_from_args(args, **overrides):

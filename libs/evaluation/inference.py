@@ -66,21 +66,27 @@ class InferenceOptions:
         scales, flip: multi-scale and mirrored inputs, probabilities averaged (section 4.1).
         window, stride: sliding-window inference (see `MultiScalePredictor`); None: whole image.
         precision: 'float32', 'bfloat16' or 'float16', the dtype the network computes in.
+        eval_crop_size: the reference's fixed canvas (height, width), e.g. (513, 513) for VOC;
+            None: each image on its own smallest canvas.
     """
     scales: Tuple[float, ...] = (1.0,)
     flip: bool = False
     window: Optional[int] = None
     stride: Optional[int] = None
     precision: str = 'float32'
+    eval_crop_size: Optional[Tuple[int, int]] = None
 
     @classmethod
     def from_args(cls, args):
         """From the flags of `config.add_inference_args`."""
-        return cls(tuple(args.scales), args.flip, args.crop_size, args.stride, args.precision)
+        return cls(tuple(args.scales), args.flip, args.crop_size, args.stride, args.precision,
+                   getattr(args, 'eval_crop_size', None))
 
     def describe(self):
         """One phrase for log lines, e.g. 'scales [1.0], flip False, whole image, float32'."""
-        if self.window is None:
+        if self.eval_crop_size is not None:
+            windows = 'the reference\'s canvas {}x{}'.format(*self.eval_crop_size)
+        elif self.window is None:
             windows = 'whole image'
         else:
             stride = self.stride or max(1, 2 * self.window // 3)
@@ -90,7 +96,9 @@ class InferenceOptions:
     def to_json_dict(self):
         """The fields an evaluation report records."""
         return {'scales': list(self.scales), 'flip': self.flip, 'crop_size': self.window,
-                'stride': self.stride, 'precision': self.precision}
+                'stride': self.stride, 'precision': self.precision,
+                'eval_crop_size': None if self.eval_crop_size is None
+                else list(self.eval_crop_size)}
 
     def predictor(self, network, num_classes, output_stride):
         """A `MultiScalePredictor` of `network` with these options.
@@ -100,7 +108,8 @@ class InferenceOptions:
         """
         return MultiScalePredictor(network, num_classes, output_stride, scales=self.scales,
                                    flip=self.flip, window=self.window, stride=self.stride,
-                                   compute_dtype=compute_dtype(self.precision))
+                                   compute_dtype=compute_dtype(self.precision),
+                                   eval_crop_size=self.eval_crop_size)
 
 
 class MultiScalePredictor:
@@ -130,10 +139,18 @@ class MultiScalePredictor:
         compute_dtype: dtype the network computes in (tf.float32, tf.bfloat16 or tf.float16):
             the canvas is cast to it and the logits back to float32, so upsampling, softmax and
             the averaging stay float32 whatever the network runs in.
+        eval_crop_size: (height, width), each OS*k + 1: infer as the reference's evaluation
+            (research/deeplab eval.py with `--eval_crop_size`, model.py
+            `predict_labels_multi_scale`) does, to reproduce a published figure exactly: the
+            image padded to this one canvas; at scale s the whole canvas resized (corners
+            aligned) to (H - 1) * s + 1 (truncated), its logits resized to the logits size of
+            scale max(1, s), then to the canvas, softmax, average, and the image's part kept.
+            Image pooling then averages over the canvas's padding too. Images larger than the
+            canvas are refused.
     """
 
     def __init__(self, model, num_classes, output_stride=16, scales=(1.0,), flip=False,
-                 window=None, stride=None, compute_dtype=tf.float32):
+                 window=None, stride=None, compute_dtype=tf.float32, eval_crop_size=None):
         scales = tuple(float(s) for s in scales)
         if not scales or any(not 0 < s < float('inf') for s in scales):
             raise ValueError(f'scales must be a non-empty list of positive numbers, got {scales}')
@@ -148,6 +165,16 @@ class MultiScalePredictor:
         self.window = None if window is None else _pair(window, 'window')
         if self.window is None and stride is not None:
             raise ValueError('a stride needs a window (sliding-window inference)')
+        self.eval_crop_size = None if eval_crop_size is None else _pair(eval_crop_size,
+                                                                        'eval_crop_size')
+        if self.eval_crop_size is not None:
+            if window is not None:
+                raise ValueError('the reference\'s canvas (eval_crop_size) and sliding windows '
+                                 'do not go together')
+            for side in self.eval_crop_size:
+                if aligned_length(side, output_stride) != side:
+                    raise ValueError(f'eval crop size {side} is not OS*k + 1 for output stride '
+                                     f'{output_stride}; e.g. {aligned_length(side, output_stride)}')
         self.stride = (None if window is None else
                        _pair(stride, 'stride') if stride is not None else
                        tuple(max(1, 2 * w // 3) for w in self.window))
@@ -186,6 +213,8 @@ class MultiScalePredictor:
 
     def _compute_probabilities(self, image):
         """Traced body of `predict_probabilities`: image [H, W, 3] -> probabilities [H, W, C]."""
+        if self.eval_crop_size is not None:
+            return self._reference_canvas_probabilities(image)
         batch = image[tf.newaxis]
         if self.flip:
             # The mirrored copy rides in the same batch; inference batch norm uses moving
@@ -198,6 +227,37 @@ class MultiScalePredictor:
             if self.flip:
                 total += tf.reverse(probabilities[1], axis=[1])
         return total / (len(self.scales) * (2 if self.flip else 1))
+
+    def _reference_canvas_probabilities(self, image):
+        """`eval_crop_size`'s inference: [H, W, 3] -> [H, W, C]."""
+        height, width = tf.shape(image)[0], tf.shape(image)[1]
+        canvas_height, canvas_width = self.eval_crop_size
+        tf.debugging.assert_less_equal(
+            tf.stack([height, width]), tf.constant([canvas_height, canvas_width]),
+            message=f'an image is larger than the canvas {canvas_height}x{canvas_width}')
+        canvas = tf.pad(image, [[0, canvas_height - height], [0, canvas_width - width],
+                                [0, 0]])[tf.newaxis]
+        if self.flip:
+            canvas = tf.concat([canvas, tf.reverse(canvas, axis=[2])], axis=0)
+        # The reference's `scale_dimension`: int((dim - 1) * scale + 1).
+        dimension = lambda side, scale: int((side - 1) * scale + 1)
+        logits_stride = getattr(self.model, 'decoder_output_stride', None) or self.output_stride
+        total = 0.0
+        for scale in self.scales:
+            scaled = canvas if scale == 1.0 else resize_aligned_corners(
+                canvas, [dimension(canvas_height, scale), dimension(canvas_width, scale)])
+            logits = tf.cast(self.model(tf.cast(scaled, self.compute_dtype), training=False,
+                                        output_stride=self.output_stride), tf.float32)
+            top = max(1.0, scale) / logits_stride
+            logits = resize_aligned_corners(
+                logits, [dimension(canvas_height, top), dimension(canvas_width, top)])
+            probabilities = tf.nn.softmax(
+                resize_aligned_corners(logits, [canvas_height, canvas_width]), axis=-1)
+            total += probabilities[0]
+            if self.flip:
+                total += tf.reverse(probabilities[1], axis=[1])
+        total /= len(self.scales) * (2 if self.flip else 1)
+        return total[:height, :width]
 
     def _aligned_probabilities(self, images, scale):
         """Probabilities of `images` [B, H, W, 3] at one scale, aligned as the module docstring
