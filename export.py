@@ -90,7 +90,7 @@ def main(argv=None):
     from libs.evaluation.inference import InferenceOptions
     from libs.evaluation.prediction import class_colors_of, class_names_of
     from libs.runs.checkpoints import load_trained_model
-    from libs.runs.lock import FolderInUse
+    from libs.utils.lock import FolderInUse
     try:
         model, run_config, prefix, step = load_trained_model(args.restore_from,
                                                              args.output_stride)

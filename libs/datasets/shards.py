@@ -28,7 +28,7 @@ import socket
 
 from tqdm import tqdm
 
-from libs.runs import lock
+from libs.utils import lock
 from libs.utils.processes import alive, die_with_parent
 
 logger = logging.getLogger(__name__)
