@@ -323,7 +323,7 @@ def test_conversion_killed_between_shard_renames_is_completed_by_the_next_reader
     journals = [n for n in os.listdir(out) if n.startswith('.renames-')]
     assert journals == [f'.renames-{socket.gethostname()}-{killed.pid}']
 
-    with caplog.at_level('WARNING', logger='libs.datasets.shards'):
+    with caplog.at_level('WARNING', logger='libs.datasets.tfrecord'):
         if completed_by == 'reader':
             assert len(tfrecord.list_shards(str(out), 'train')) == 2
         else:  # the next conversion into the folder, of another split
