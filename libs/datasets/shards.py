@@ -12,8 +12,8 @@ journal (`.renames-<host>-<pid>`, written once every temporary is complete): a S
 renames, which would leave a split mixing this conversion's shards with an earlier one's, or some
 splits of the run without the others, leaves the journal, and the next reader of the folder
 (`tfrecord.list_shards`) or conversion into it completes the renames. The journal belongs to
-`tfrecord`, which reads shard sets: this module imports it, never the reverse. Worker processes end with
-the converter, however it ends.
+`tfrecord`, which reads shard sets: this module imports it, never the reverse. Worker processes
+end with the converter, however it ends.
 """
 import concurrent.futures
 import contextlib
