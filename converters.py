@@ -7,7 +7,7 @@ import time
 
 import config as config_lib
 from libs.datasets.conversion import ConversionError
-from libs.runs import lock
+from libs.utils import lock
 
 
 def add_script_args(parser, entries='pairs'):

@@ -10,7 +10,7 @@ for ONNX Runtime (ONNX).
 SavedModel, signature `serving_default`: input `image_bytes` (scalar string: an encoded JPEG or
 PNG), outputs `semantic` (int32 [H, W]) and `probabilities` (float32 [H, W, C]) at the image's own
 size, with the inference options given here (scales, flip, sliding windows, precision). EXIF
-orientation is not applied inside the SavedModel. See docs/serving.md for TensorFlow Serving.
+orientation is not applied inside the SavedModel. See docs/deployment.md for TensorFlow Serving.
 
 TFLite: `model.tflite` and `labels.txt`. Input `image` float32 [1, S, S, 3], RGB pixels 0..255 with
 the image at the top left and the rest the mean pixel (S = --canvas-size); output `probabilities`
@@ -91,7 +91,7 @@ def main(argv=None):
     from libs.evaluation.inference import InferenceOptions
     from libs.evaluation.prediction import class_colors_of, class_names_of
     from libs.runs.checkpoints import load_trained_model
-    from libs.runs.lock import FolderInUse
+    from libs.utils.lock import FolderInUse
     try:
         model, run_config, prefix, step = load_trained_model(
             args.restore_from, args.output_stride, config_lib.reference_hints(args))

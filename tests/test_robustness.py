@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from libs.runs import leftovers, lock
+from libs.runs import leftovers
+from libs.utils import lock
 from libs.utils.processes import command_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -220,7 +221,8 @@ def test_evaluate_refuses_json_over_the_runs_config_or_a_shard(trained_run):
 
 def test_a_folder_lock_names_its_holder_and_dies_with_it(tmp_path):
     folder = tmp_path / 'run'
-    holder_code = ('import sys, time; sys.path.insert(0, sys.argv[1]); from libs.runs import lock\n'
+    holder_code = ('import sys, time; sys.path.insert(0, sys.argv[1])\n'
+                   'from libs.utils import lock\n'
                    'with lock.hold(sys.argv[2], "training"):\n'
                    '    print("held", flush=True); time.sleep(300)')
     with started([sys.executable, '-c', holder_code, ROOT, str(folder)],
@@ -321,7 +323,7 @@ def test_conversion_killed_between_shard_renames_is_completed_by_the_next_reader
     journals = [n for n in os.listdir(out) if n.startswith('.renames-')]
     assert journals == [f'.renames-{socket.gethostname()}-{killed.pid}']
 
-    with caplog.at_level('WARNING', logger='libs.datasets.shards'):
+    with caplog.at_level('WARNING', logger='libs.datasets.tfrecord'):
         if completed_by == 'reader':
             assert len(tfrecord.list_shards(str(out), 'train')) == 2
         else:  # the next conversion into the folder, of another split

@@ -186,7 +186,7 @@ def test_an_export_removes_what_a_killed_export_left(tmp_path):
 def test_a_second_writer_of_the_same_export_is_refused_before_it_writes(tmp_path):
     """Two exports to one folder: the second is refused when it starts, naming the first, and
     the first completes (before, the second ran its whole conversion and failed at the rename)."""
-    from libs.runs.lock import FolderInUse
+    from libs.utils.lock import FolderInUse
     from libs.utils.image_io import atomic_directory
     target = tmp_path / 'models' / '1'
     with atomic_directory(str(target)) as first:

@@ -11,25 +11,24 @@ in that folder, so no other live conversion is writing them). The renames themse
 journal (`.renames-<host>-<pid>`, written once every temporary is complete): a SIGKILL between two
 renames, which would leave a split mixing this conversion's shards with an earlier one's, or some
 splits of the run without the others, leaves the journal, and the next reader of the folder
-(`tfrecord.list_shards`) or conversion into it completes the renames. Worker processes end with
-the converter, however it ends.
+(`tfrecord.list_shards`) or conversion into it completes the renames. The journal belongs to
+`tfrecord`, which reads shard sets: this module imports it, never the reverse. Worker processes
+end with the converter, however it ends.
 """
 import concurrent.futures
 import contextlib
 import functools
 import itertools
-import json
 import logging
 import multiprocessing
 import os
 import re
 import signal
-import socket
 
 from tqdm import tqdm
 
-from libs.runs import lock
-from libs.utils.processes import alive, die_with_parent
+from libs.utils import lock
+from libs.utils.processes import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +125,10 @@ def write_splits(splits, encode, output_dir, mapper=map, progress=True):
     Raises:
         lock.FolderInUse: another live conversion writes one of the splits into `output_dir`.
     """
+    # TensorFlow (which tfrecord imports) is imported only here so that validation workers need
+    # not load it.
+    from libs.datasets import tfrecord
+
     created_dir = not os.path.isdir(output_dir)
     try:
         with contextlib.ExitStack() as held:
@@ -134,7 +137,7 @@ def write_splits(splits, encode, output_dir, mapper=map, progress=True):
                 held.enter_context(lock.hold(output_dir, f'converting split {split_name}',
                                              f'.{split_name}.lock', flag='--output-dir'))
             # First: a killed conversion's journal names temporaries that are complete shards.
-            finish_interrupted_renames(output_dir)
+            tfrecord.finish_interrupted_renames(output_dir)
             for split_name in sorted(splits):
                 remove_stale_temporaries(output_dir, split_name)
             return _write_held(splits, encode, output_dir, mapper, progress)
@@ -145,7 +148,6 @@ def write_splits(splits, encode, output_dir, mapper=map, progress=True):
 
 
 def _write_held(splits, encode, output_dir, mapper, progress):
-    # TensorFlow is imported only here so that validation workers need not load it.
     import tensorflow as tf
 
     from libs.datasets import tfrecord
@@ -166,7 +168,7 @@ def _write_held(splits, encode, output_dir, mapper, progress):
                         for args in itertools.islice(encoded, size):
                             writer.write(tfrecord.make_example(*args).SerializeToString())
                             bar.update()
-        journal = _write_journal(output_dir, {
+        journal = tfrecord.write_journal(output_dir, {
             'renames': [[os.path.basename(temp), name] for split_name in splits
                         for temp, name in zip(temps[split_name], names[split_name])],
             'splits': names})
@@ -176,88 +178,6 @@ def _write_held(splits, encode, output_dir, mapper, progress):
                 os.remove(temp)
         raise
     # From here on the journal, not this process, decides: the renames complete even if it dies.
-    _apply_journal(output_dir, journal)
+    tfrecord.apply_journal(output_dir, journal)
     return {split_name: [os.path.join(output_dir, name) for name in split_names]
             for split_name, split_names in names.items()}
-
-
-_JOURNAL_RE = re.compile(r'^\.renames-(?P<host>.+)-(?P<pid>\d+)(?P<partial>\.tmp)?$')
-
-
-def _write_journal(output_dir, entry):
-    """Writes this process's journal of renames, complete or not at all; returns its path.
-
-    Args:
-        entry: {'renames': [[temporary name, shard name], ...], 'splits': {split: [shard
-            names]}}, names relative to `output_dir`.
-    """
-    path = os.path.join(output_dir, f'.renames-{socket.gethostname()}-{os.getpid()}')
-    try:
-        with open(path + '.tmp', 'w') as f:
-            json.dump(entry, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(path + '.tmp', path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path + '.tmp')
-        raise
-    return path
-
-
-def _apply_journal(output_dir, path):
-    """Renames each temporary of the journal at `path` to its shard name, removes the shards of
-    its splits that another shard count left, then the journal. Any step may have been done
-    already (by the writer before it died, or by another process finishing the same journal)."""
-    try:
-        with open(path) as f:
-            entry = json.load(f)
-    except FileNotFoundError:
-        return None  # finished by another process
-    for temp, name in entry['renames']:
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(os.path.join(output_dir, temp), os.path.join(output_dir, name))
-    for split_name, split_names in entry['splits'].items():
-        # A former conversion of this split with another shard count would make the set
-        # ambiguous.
-        stale_re = re.compile(re.escape(split_name) + r'-\d{5}-of-\d{5}\.tfrecord$')
-        for name in sorted(os.listdir(output_dir)):
-            if stale_re.match(name) and name not in split_names:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(output_dir, name))
-                    logger.info('removed stale shard %s', os.path.join(output_dir, name))
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
-    return sorted(entry['splits'])
-
-
-def finish_interrupted_renames(output_dir, log=logger.warning):
-    """Completes the renames of conversions into `output_dir` that were killed while renaming
-    their shards (their journal is left, their process gone), and removes the journals of those
-    killed while writing one (their temporaries are removed by the next conversion of the split).
-
-    Only this host's journals are looked at: a live process elsewhere cannot be told from a dead
-    one. Safe to call from several processes at once.
-
-    Returns:
-        The journals completed.
-    Raises:
-        OSError: the folder cannot be written (the renames cannot be completed).
-    """
-    completed = []
-    for name in sorted(os.listdir(output_dir)):
-        match = _JOURNAL_RE.match(name)
-        if (not match or match['host'] != socket.gethostname()
-                or alive(int(match['pid']))):
-            continue
-        path = os.path.join(output_dir, name)
-        if match['partial']:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-            continue
-        splits = _apply_journal(output_dir, path)
-        if splits is not None:
-            completed.append(path)
-            log('completed the renames of a conversion that was killed while renaming its shards '
-                '(%s): split(s) %s', path, ', '.join(splits))
-    return completed

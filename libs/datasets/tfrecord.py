@@ -13,14 +13,25 @@ Records written here and records written by that project are interchangeable:
 The label PNG must be greyscale (mode 'L'): TensorFlow's PNG decoder expands a palette ('P')
 PNG to its colours, so decoding a palette label in the graph would give colours, not class
 indices. That is why deeplab's own scripts strip the colormap first (`SegmentationClassRaw`).
+
+A split on disk is a set of `{split}-%05d-of-%05d.tfrecord` shards (`list_shards`). A conversion
+(`shards.write_splits`) renames its shards into place following a journal of renames, kept here
+(`write_journal`, `apply_journal`): a reader completes the renames of a conversion killed midway
+(`finish_interrupted_renames`) before it lists a split.
 """
+import contextlib
+import json
+import logging
 import os
 import re
+import socket
 
 import tensorflow as tf
 
-from libs.datasets.shards import finish_interrupted_renames
 from libs.utils.filesystem import describe
+from libs.utils.processes import alive
+
+logger = logging.getLogger(__name__)
 
 FEATURES = {
     'image/encoded': tf.io.FixedLenFeature((), tf.string),
@@ -126,7 +137,7 @@ def list_shards(data_dir, split):
     Raises:
         FileNotFoundError: the folder is missing, holds no shard of `split` (the message lists
             the splits it does hold), or the set is incomplete or mixes shard counts, or a killed
-            conversion's renames (`shards.finish_interrupted_renames`, completed here first)
+            conversion's renames (`finish_interrupted_renames`, completed here first)
             cannot be completed.
     """
     if not os.path.isdir(data_dir):
@@ -187,3 +198,85 @@ def count_records(paths):
                 f.seek(position)
                 total += 1
     return total
+
+
+_JOURNAL_RE = re.compile(r'^\.renames-(?P<host>.+)-(?P<pid>\d+)(?P<partial>\.tmp)?$')
+
+
+def write_journal(output_dir, entry):
+    """Writes this process's journal of renames, complete or not at all; returns its path.
+
+    Args:
+        entry: {'renames': [[temporary name, shard name], ...], 'splits': {split: [shard
+            names]}}, names relative to `output_dir`.
+    """
+    path = os.path.join(output_dir, f'.renames-{socket.gethostname()}-{os.getpid()}')
+    try:
+        with open(path + '.tmp', 'w') as f:
+            json.dump(entry, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + '.tmp', path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path + '.tmp')
+        raise
+    return path
+
+
+def apply_journal(output_dir, path):
+    """Renames each temporary of the journal at `path` to its shard name, removes the shards of
+    its splits that another shard count left, then the journal. Any step may have been done
+    already (by the writer before it died, or by another process finishing the same journal)."""
+    try:
+        with open(path) as f:
+            entry = json.load(f)
+    except FileNotFoundError:
+        return None  # finished by another process
+    for temp, name in entry['renames']:
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(os.path.join(output_dir, temp), os.path.join(output_dir, name))
+    for split_name, split_names in entry['splits'].items():
+        # A former conversion of this split with another shard count would make the set
+        # ambiguous.
+        stale_re = re.compile(re.escape(split_name) + r'-\d{5}-of-\d{5}\.tfrecord$')
+        for name in sorted(os.listdir(output_dir)):
+            if stale_re.match(name) and name not in split_names:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(output_dir, name))
+                    logger.info('removed stale shard %s', os.path.join(output_dir, name))
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+    return sorted(entry['splits'])
+
+
+def finish_interrupted_renames(output_dir, log=logger.warning):
+    """Completes the renames of conversions into `output_dir` that were killed while renaming
+    their shards (their journal is left, their process gone), and removes the journals of those
+    killed while writing one (their temporaries are removed by the next conversion of the split).
+
+    Only this host's journals are looked at: a live process elsewhere cannot be told from a dead
+    one. Safe to call from several processes at once.
+
+    Returns:
+        The journals completed.
+    Raises:
+        OSError: the folder cannot be written (the renames cannot be completed).
+    """
+    completed = []
+    for name in sorted(os.listdir(output_dir)):
+        match = _JOURNAL_RE.match(name)
+        if (not match or match['host'] != socket.gethostname()
+                or alive(int(match['pid']))):
+            continue
+        path = os.path.join(output_dir, name)
+        if match['partial']:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+            continue
+        splits = apply_journal(output_dir, path)
+        if splits is not None:
+            completed.append(path)
+            log('completed the renames of a conversion that was killed while renaming its shards '
+                '(%s): split(s) %s', path, ', '.join(splits))
+    return completed

@@ -1,1 +1,2 @@
-"""A training run's folder: its checkpoints, the lock one run holds on it, and what a killed run left."""
+"""A training run's folder: its checkpoints, its recorded config, and what a killed run left. (The
+lock a run holds on it is `libs.utils.lock`, which conversions and exports use too.)"""

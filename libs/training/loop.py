@@ -152,6 +152,27 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
             had another architecture or settings that a resume may not change.
     """
     strategy = strategy or tf.distribute.get_strategy()
+    config, train_files, val_files, changed = _prepare(config, strategy, log)
+    run = _Run(config, strategy, coordinator, log, writes, loss_scale, train_files, val_files)
+    if run.start_step >= config.num_steps:
+        log(f'Already at step {run.start_step} of {config.num_steps}: nothing to train')
+        return TrainResult(run.start_step, run.manager.latest_checkpoint, None, None)
+    if writes:
+        _record_config(config, run.resuming, changed, run.start_step, log)
+    run.start_steps()
+    log(f'Training {config.split_name} ({len(train_files)} shards) on {run.replicas} '
+        f'replica(s), steps {run.start_step} -> {config.num_steps}, global batch '
+        f'{config.batch_size}')
+    return run.loop(stop)
+
+
+def _prepare(config, strategy, log):
+    """Checks what can be checked before building anything and completes `config` with the
+    dataset's classes.
+
+    Returns:
+        (config, train shards, val shards or None, the names of the settings a resume changed).
+    """
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(f'--batch-size {config.batch_size} does not split evenly over '
@@ -168,32 +189,24 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
         log(format_class_weights(config.class_weights, class_names_of(config),
                                  config.class_weight_values))
     tf.random.set_seed(config.random_seed)
+    return config, train_files, val_files, changed
 
-    with strategy.scope():
-        model = checkpoints.build_model(config, replicas)
-        step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step',
-                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        optimizer = build_optimizer(config, step, model)
-        if loss_scale is None and config.precision == 'float16':
-            # float16 gradients need loss scaling; bfloat16 has float32's range and needs none.
-            loss_scale = loss_scale_lib.DynamicLossScale()
-    checkpoint, batches_taken = run_checkpoint(model, optimizer, step, loss_scale,
-                                               counts_batches=coordinator is None)
-    manager = tf.train.CheckpointManager(checkpoint, config.snapshot_dir, config.max_to_keep,
-                                         checkpoint_name=CHECKPOINT_NAME)
-    resuming = initialise(config, model, manager, log)
-    start_step = int(step.numpy())
-    if start_step >= config.num_steps:
-        log(f'Already at step {start_step} of {config.num_steps}: nothing to train')
-        return TrainResult(start_step, manager.latest_checkpoint, None, None)
-    if writes and (not resuming or not os.path.isfile(os.path.join(config.snapshot_dir,
-                                                                    config_lib.CONFIG_FILE))):
+
+def _record_config(config, resuming, changed, start_step, log):
+    """Writes config.json when the run starts fresh; a resume that changed settings writes its
+    own config-step-N.json beside it."""
+    if not resuming or not os.path.isfile(os.path.join(config.snapshot_dir,
+                                                       config_lib.CONFIG_FILE)):
         config_lib.write_config(config, config.snapshot_dir)
-    elif writes and changed:
+    elif changed:
         recorded = config_lib.write_config(config, config.snapshot_dir,
                                            f'config-step-{start_step}.json')
         log(f'Resuming with {", ".join("--" + n.replace("_", "-") for n in changed)} changed: '
             f'{config_lib.CONFIG_FILE} keeps the recorded run, this one is in {recorded}')
+
+
+def _train_iterator(config, strategy, coordinator, train_files, batches_taken):
+    """The iterator the train step reads: one stream of global batches, or one per worker."""
 
     def dataset_fn(input_context, seed=config.random_seed, start_example=0):
         return input_pipeline.train_dataset(
@@ -210,99 +223,177 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
         # shards. Each worker instead reads every shard in its own order and crops: the seed comes
         # from the worker's clock when it builds its dataset (and again when a lost worker comes
         # back). So a resumed run cannot continue the stream the workers were reading.
-        iterator = iter(coordinator.create_per_worker_dataset(
+        return iter(coordinator.create_per_worker_dataset(
             lambda: strategy.distribute_datasets_from_function(
                 lambda context: dataset_fn(context, seed=_per_worker_seed(config.random_seed)))))
-    else:
-        # One pipeline of global batches, which the step splits over the replicas (see
-        # `build_train_step` for why not a distributed dataset); a resumed run continues the
-        # stream after the batches it had taken. Under MultiWorkerMirroredStrategy every worker
-        # reads this same stream and trains on its replicas' slices of each batch.
-        iterator = iter(dataset_fn(tf.distribute.InputContext(),
-                                   start_example=int(batches_taken.numpy()) * config.batch_size))
+    # One pipeline of global batches, which the step splits over the replicas (see
+    # `build_train_step` for why not a distributed dataset); a resumed run continues the
+    # stream after the batches it had taken. Under MultiWorkerMirroredStrategy every worker
+    # reads this same stream and trains on its replicas' slices of each batch.
+    return iter(dataset_fn(tf.distribute.InputContext(),
+                           start_example=int(batches_taken.numpy()) * config.batch_size))
 
-    train_step = build_train_step(model, optimizer, step, strategy, config, loss_scale)
 
-    queue = validation = reporter = None
-    if coordinator is not None:
-        # `ParameterServerStrategy.cluster_resolver` is None in TF 2.21; its extended knows.
-        num_workers = strategy.extended._num_workers
-        queue = StepQueue(coordinator, train_step, iterator, step, num_workers)
-        # Built outside the strategy's scope: the copy's variables live on the chief.
-        copy_model = checkpoints.build_model(config)
-        reporter = summaries.Reporter(config, copy_model, tf.distribute.get_strategy(),
-                                      val_files, train_files, log)
-        validation = BackgroundValidation(reporter, copy_model, model)
-    elif writes:
-        reporter = summaries.Reporter(config, model, strategy, val_files, train_files, log)
-    save = (manager.save if writes
+class _Run:
+    """One call of `train`: the model and its checkpoint (built by the constructor), the step
+    loop (`loop`), and what the loop does at a log step (`_log_progress`) and at a save step
+    (`_save`, then `_validate`)."""
+
+    def __init__(self, config, strategy, coordinator, log, writes, loss_scale, train_files,
+                 val_files):
+        """Builds the model, the optimizer and the checkpoint, and restores or initialises
+        them."""
+        self.config, self.strategy, self.coordinator = config, strategy, coordinator
+        self.log, self.writes = log, writes
+        self.train_files, self.val_files = train_files, val_files
+        self.replicas = strategy.num_replicas_in_sync
+        with strategy.scope():
+            self.model = checkpoints.build_model(config, self.replicas)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step',
+                                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.optimizer = build_optimizer(config, self.step, self.model)
+            if loss_scale is None and config.precision == 'float16':
+                # float16 gradients need loss scaling; bfloat16 has float32's range and needs
+                # none.
+                loss_scale = loss_scale_lib.DynamicLossScale()
+        self.loss_scale = loss_scale
+        self.checkpoint, self.batches_taken = run_checkpoint(
+            self.model, self.optimizer, self.step, loss_scale,
+            counts_batches=coordinator is None)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, config.snapshot_dir,
+                                                  config.max_to_keep,
+                                                  checkpoint_name=CHECKPOINT_NAME)
+        self.resuming = initialise(config, self.model, self.manager, log)
+        self.start_step = int(self.step.numpy())
+
+    def start_steps(self):
+        """Builds the input, the train step, and who logs, validates and saves."""
+        config, strategy, coordinator = self.config, self.strategy, self.coordinator
+        self.iterator = _train_iterator(config, strategy, coordinator, self.train_files,
+                                        self.batches_taken)
+        self.train_step = build_train_step(self.model, self.optimizer, self.step, strategy,
+                                           config, self.loss_scale)
+        self.queue = self.validation = self.reporter = None
+        if coordinator is not None:
+            # `ParameterServerStrategy.cluster_resolver` is None in TF 2.21; its extended knows.
+            num_workers = strategy.extended._num_workers
+            self.queue = StepQueue(coordinator, self.train_step, self.iterator, self.step,
+                                   num_workers)
+            # Built outside the strategy's scope: the copy's variables live on the chief.
+            copy_model = checkpoints.build_model(config)
+            self.reporter = summaries.Reporter(config, copy_model, tf.distribute.get_strategy(),
+                                               self.val_files, self.train_files, self.log)
+            self.validation = BackgroundValidation(self.reporter, copy_model, self.model)
+        elif self.writes:
+            self.reporter = summaries.Reporter(config, self.model, strategy, self.val_files,
+                                               self.train_files, self.log)
+        checkpoint = self.checkpoint
+        self.save_checkpoint = (
+            self.manager.save if self.writes
             else lambda checkpoint_number: checkpoints.write_and_discard(checkpoint))
-    log(f'Training {config.split_name} ({len(train_files)} shards) on {replicas} replica(s), '
-        f'steps {start_step} -> {config.num_steps}, global batch {config.batch_size}')
 
-    confusion_sum = np.zeros([config.num_classes] * 2, np.int64)
-    loss_value, val_miou, current = None, None, start_step
-    timer, run_start, finite_step = summaries.StepTimer(), time.time(), start_step
-    while current < config.num_steps:
+    def loop(self, stop):
+        """Runs steps until the global step reaches `num_steps`; logs, saves and validates on
+        the way."""
+        config = self.config
+        self.confusion_sum = np.zeros([config.num_classes] * 2, np.int64)
+        self.loss_value, self.val_miou, current = None, None, self.start_step
+        self.timer, run_start = summaries.StepTimer(), time.time()
+        self.finite_step = self.start_step
+        while current < config.num_steps:
+            previous = current
+            current = self._take_steps(current)
+            self.timer.count(current - previous)
+            stopping = stop is not None and stop() and current < config.num_steps
+            if self.reporter and (_crossed(previous, current, config.log_every)
+                                  or current >= config.num_steps):
+                self._log_progress(current)
+            if (_crossed(previous, current, config.save_pred_every)
+                    or current >= config.num_steps or stopping):
+                self._save(current, stopping)
+        if self.validation is not None:
+            self.val_miou = self.validation.wait()
+        saved = self.manager.latest_checkpoint if self.writes else None
+        self.log(f'Done: step {current} in {time.time() - run_start:.0f} s, checkpoint '
+                 f'{saved or "written by worker 0"}')
+        return TrainResult(current, saved, self.loss_value, self.val_miou)
+
+    def _take_steps(self, current):
+        """Runs one step (or takes the workers' finished steps) from `current`; returns the
+        global step reached.
+
+        Raises:
+            TrainingDiverged: a loss was NaN or Inf.
+        """
         previous = current
-        if queue is not None:
-            if queue.idle:
-                queue.aim(current, _next_save(current, config))
-            done = queue.next_results()
+        if self.queue is not None:
+            if self.queue.idle:
+                self.queue.aim(current, _next_save(current, self.config))
+            done = self.queue.next_results()
             results = [(result.loss, result.confusion, result.step) for result in done]
             # Counted from the results taken, so that the loop saves once they are all in.
-            current = queue.reached
+            current = self.queue.reached
         else:
-            results = [(*train_step(iterator), None)]
-            batches_taken.assign_add(1)
-            current = int(step.numpy())
+            results = [(*self.train_step(self.iterator), None)]
+            self.batches_taken.assign_add(1)
+            current = int(self.step.numpy())
         for loss, confusion, at in results:
-            loss_value = float(loss)
+            self.loss_value = float(loss)
             # With loss scaling a non-finite step is skipped, and `divergence` decides below.
-            if not math.isfinite(loss_value) and loss_scale is None:
+            if not math.isfinite(self.loss_value) and self.loss_scale is None:
                 raise TrainingDiverged(
-                    f'loss is {loss_value} at step {at or current}; stopped without saving. The '
-                    f'last good checkpoint is {manager.latest_checkpoint}')
-            confusion_sum += np.asarray(confusion, np.int64)
-        if loss_scale is not None and loss_scale.divergence():
+                    f'loss is {self.loss_value} at step {at or current}; stopped without '
+                    f'saving. The last good checkpoint is {self.manager.latest_checkpoint}')
+            self.confusion_sum += np.asarray(confusion, np.int64)
+        if self.loss_scale is not None and self.loss_scale.divergence():
             raise TrainingDiverged(
-                f'{loss_scale.divergence()} at {_steps(previous + 1, current + 1)}; stopped '
-                f'without saving. The last good checkpoint is {manager.latest_checkpoint}')
-        timer.count(current - previous)
-        stopping = stop is not None and stop() and current < config.num_steps
-        if reporter and (_crossed(previous, current, config.log_every)
-                         or current >= config.num_steps):
-            images_per_sec = timer.lap(config.batch_size)
-            lr = float(poly_learning_rate(current, config.learning_rate, config.num_steps,
-                                          config.power))
-            eta = (config.num_steps - current) * config.batch_size / max(images_per_sec, 1e-9)
-            train_miou = iou_from_confusion(confusion_sum)['miou']
-            reporter.log_progress(current, loss_value, lr, images_per_sec, eta, train_miou,
-                                  loss_scale)
-            confusion_sum[:] = 0
-        if (_crossed(previous, current, config.save_pred_every) or current >= config.num_steps
-                or stopping):
-            if not _all_finite(model.variables):
-                raise TrainingDiverged(
-                    f'weights became NaN or Inf at {_steps(finite_step + 1, current)} (they '
-                    f'are checked before each save); stopped without saving. The last '
-                    f'good checkpoint is {manager.latest_checkpoint}')
-            if queue is not None:
-                reporter.log_workers_busy(current, queue.busy_share())
-            with timer.paused():
-                save(checkpoint_number=current)
-                if stopping:
-                    raise Stopped(current, manager.latest_checkpoint if writes else None)
-                if validation is not None:
-                    validation.start(current, manager.latest_checkpoint)
-                elif reporter:
-                    val_miou = reporter.checkpoint_saved(current, manager.latest_checkpoint)
-            if queue is not None and current < config.num_steps:
-                queue.aim(current, _next_save(current, config))
-            finite_step = current
-    if validation is not None:
-        val_miou = validation.wait()
-    saved = manager.latest_checkpoint if writes else None
-    log(f'Done: step {current} in {time.time() - run_start:.0f} s, checkpoint '
-        f'{saved or "written by worker 0"}')
-    return TrainResult(current, saved, loss_value, val_miou)
+                f'{self.loss_scale.divergence()} at {_steps(previous + 1, current + 1)}; '
+                f'stopped without saving. The last good checkpoint is '
+                f'{self.manager.latest_checkpoint}')
+        return current
+
+    def _log_progress(self, current):
+        """One progress line (and TensorBoard scalars): loss, lr, images/s, ETA, train mIoU."""
+        config = self.config
+        images_per_sec = self.timer.lap(config.batch_size)
+        lr = float(poly_learning_rate(current, config.learning_rate, config.num_steps,
+                                      config.power))
+        eta = (config.num_steps - current) * config.batch_size / max(images_per_sec, 1e-9)
+        train_miou = iou_from_confusion(self.confusion_sum)['miou']
+        self.reporter.log_progress(current, self.loss_value, lr, images_per_sec, eta,
+                                   train_miou, self.loss_scale)
+        self.confusion_sum[:] = 0
+
+    def _save(self, current, stopping):
+        """Checks the weights, saves the checkpoint of step `current`, then stops (raising
+        `Stopped`) or validates it.
+
+        Raises:
+            TrainingDiverged: a weight is NaN or Inf; nothing is saved.
+            Stopped: `stopping`, after the save.
+        """
+        if not _all_finite(self.model.variables):
+            raise TrainingDiverged(
+                f'weights became NaN or Inf at {_steps(self.finite_step + 1, current)} (they '
+                f'are checked before each save); stopped without saving. The last '
+                f'good checkpoint is {self.manager.latest_checkpoint}')
+        if self.queue is not None:
+            self.reporter.log_workers_busy(current, self.queue.busy_share())
+        with self.timer.paused():
+            self.save_checkpoint(checkpoint_number=current)
+            if stopping:
+                raise Stopped(current, self.manager.latest_checkpoint if self.writes else None)
+            self._validate(current)
+        if self.queue is not None and current < self.config.num_steps:
+            self.queue.aim(current, _next_save(current, self.config))
+        self.finite_step = current
+
+    def _validate(self, current):
+        """Validates the checkpoint just saved at step `current`: on a thread under the
+        parameter-server strategy (its mIoU comes at the end), else here, where `val_miou`
+        becomes its mIoU (None without a val split or on a process that does not write)."""
+        if self.validation is not None:
+            self.validation.start(current, self.manager.latest_checkpoint)
+        elif self.reporter:
+            self.val_miou = self.reporter.checkpoint_saved(current,
+                                                           self.manager.latest_checkpoint)

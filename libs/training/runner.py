@@ -6,9 +6,10 @@ import sys
 
 import tensorflow as tf
 
-from libs.runs import checkpoints, leftovers, lock
+from libs.runs import checkpoints, leftovers
 from libs.training.loop import Stopped, TrainingDiverged, train
 from libs.training.step import describe_label_error
+from libs.utils import lock
 from libs.utils.precision import compute_dtype
 
 

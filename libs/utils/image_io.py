@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageOps
 
-from libs.runs import lock
+from libs.utils import lock
 from libs.utils.processes import alive
 
 # Extensions picked up from a folder (lower case). A named file is read whatever its extension.
