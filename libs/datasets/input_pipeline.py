@@ -1,6 +1,6 @@
 """tf.data pipelines over the TFRecord shards: training (augmented crops) and evaluation.
 
-Normalisation is the network's (`libs/nets/preprocessing.py`): slim's vgg / resnet_v1 ImageNet
+Normalisation is the network's (`libs/utils/preprocessing.py`): slim's vgg / resnet_v1 ImageNet
 preprocessing by default, which the resnet_v1 checkpoints were trained with (RGB channel order,
 per-channel mean subtraction, no scaling), or [-1, 1] for MobileNetV2, Xception and the beta
 ResNets. Either way the mean pixel becomes 0.
@@ -14,7 +14,7 @@ import os
 import tensorflow as tf
 
 from libs.datasets import tfrecord
-from libs.nets.preprocessing import IMAGENET_MEAN
+from libs.utils.preprocessing import IMAGENET_MEAN
 
 MEAN_RGB = IMAGENET_MEAN.mean
 AUTOTUNE = tf.data.AUTOTUNE

@@ -34,7 +34,7 @@ from typing import Optional, Tuple
 import tensorflow as tf
 
 from libs.nets.deeplabv3 import resize_aligned_corners, upsample_logits
-from libs.nets.preprocessing import IMAGENET_MEAN
+from libs.utils.preprocessing import IMAGENET_MEAN
 from libs.utils.precision import compute_dtype
 
 
@@ -155,7 +155,7 @@ class MultiScalePredictor:
         if not scales or any(not 0 < s < float('inf') for s in scales):
             raise ValueError(f'scales must be a non-empty list of positive numbers, got {scales}')
         self.model = model
-        # How images are normalised for this network (`libs/nets/preprocessing.py`).
+        # How images are normalised for this network (`libs/utils/preprocessing.py`).
         self.preprocessing = getattr(model, 'preprocessing', IMAGENET_MEAN)
         self.num_classes = num_classes
         self.output_stride = output_stride

@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from libs.nets.preprocessing import IMAGENET_MEAN
+from libs.utils.preprocessing import IMAGENET_MEAN
 from libs.evaluation import metrics
 from libs.utils import image_io, visualize
 

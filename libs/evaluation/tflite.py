@@ -28,7 +28,7 @@ from libs.datasets.input_pipeline import normalize
 from libs.evaluation.inference import aligned_length
 from libs.nets.deeplabv3 import resize_aligned_corners, upsample_logits
 from libs.nets.folding import FoldedDeepLabV3
-from libs.nets.preprocessing import IMAGENET_MEAN
+from libs.utils.preprocessing import IMAGENET_MEAN
 from libs.utils.image_io import atomic_directory
 
 QUANTIZATIONS = ('none', 'float16', 'int8')

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 from libs.nets.aspp import RATES_AT_OS16
 from libs.nets.mobilenet_v2 import MobileNetV2
-from libs.nets.preprocessing import IMAGENET_MEAN, UNIT_RANGE, Preprocessing
+from libs.utils.preprocessing import IMAGENET_MEAN, UNIT_RANGE, Preprocessing
 from libs.nets.resnet_v1 import UNITS_PER_BLOCK, ResNetV1
 from libs.nets.xception import Xception65
 
