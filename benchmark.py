@@ -482,7 +482,7 @@ def _report(r):
     return '\n'.join(lines)
 
 
-NETWORK_FIELDS = ('model_variant', 'num_layers', 'depth_multiplier', 'multi_grid',
+NETWORK_FIELDS = ('model_variant', 'num_layers', 'depth_multiplier', 'depth_divisor', 'multi_grid',
                   'atrous_rates', 'aspp_separable', 'decoder_output_stride',
                   'aspp_pooling_first')
 

@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 CONFIG_FILE = 'config.json'
 # The fields that fix the network's variables: a checkpoint only fits a model with the same ones.
 ARCHITECTURE_FIELDS = ('num_layers', 'num_classes', 'multi_grid', 'model_variant',
-                       'depth_multiplier', 'atrous_rates', 'aspp_separable',
+                       'depth_multiplier', 'depth_divisor', 'atrous_rates', 'aspp_separable',
                        'decoder_output_stride', 'aspp_pooling_first')
 # The fields a resumed run may change: where the records are, how far the run goes, how it is
 # watched and what a fresh start would have loaded. Any other change would make the resumed run
@@ -40,6 +40,8 @@ class TrainConfig:
     # None take the variant's defaults (`resolve_network`).
     model_variant: Optional[str] = None
     depth_multiplier: float = 1.0
+    # MobileNetV2's rounding of its scaled depths; None: the reference's (`mobilenet_v2.py`).
+    depth_divisor: Optional[int] = None
     multi_grid: Optional[Tuple[int, ...]] = None  # the last block's rates; None: the variant's
     atrous_rates: Optional[Tuple[int, ...]] = None  # ASPP's, at output stride 16; () for none
     aspp_separable: Optional[bool] = None
@@ -119,6 +121,11 @@ def resolve_network(config):
     if config.depth_multiplier not in variant.depth_multipliers:
         raise ValueError(f'--depth-multiplier {config.depth_multiplier}: {variant.name} takes '
                          f'{", ".join(map(str, variant.depth_multipliers))}')
+    if variant.name != 'mobilenet_v2':
+        values['depth_divisor'] = None
+    elif config.depth_divisor is None:
+        from libs.nets.mobilenet_v2 import default_depth_divisor
+        values['depth_divisor'] = default_depth_divisor(config.depth_multiplier)
     if config.atrous_rates is None:
         values['atrous_rates'] = variant.atrous_rates
     if config.aspp_separable is None:
@@ -394,6 +401,10 @@ def add_network_args(group):
                             'resnet_v1_<N>); default 101')
     group.add_argument('--depth-multiplier', type=positive_float, default=1.0,
                        help="MobileNetV2's depth multiplier (1.0 and 0.5 are published)")
+    group.add_argument('--depth-divisor', type=int, choices=(1, 8), default=None,
+                       help="MobileNetV2: round the scaled depths to multiples of this: 8 as "
+                            "slim's ImageNet files, 1 as the reference DeepLab at multipliers "
+                            "other than 1; default the reference's, or the --imagenet file's")
     group.add_argument('--multi-grid', type=parse_int_tuple, default=None,
                        help="the last block's unit rates, e.g. 1,2,4; default the variant's "
                             '(1,2,4 for the ResNets, 1,1,1 for Xception)')
@@ -423,7 +434,7 @@ def network_from_args(parser, args):
     decoder = args.decoder_output_stride
     decoder = variant.decoder_output_stride if decoder is None else (decoder or None)
     values = dict(model_variant=variant.name, depth_multiplier=args.depth_multiplier,
-                  multi_grid=args.multi_grid, atrous_rates=args.atrous_rates,
+                  depth_divisor=args.depth_divisor, multi_grid=args.multi_grid, atrous_rates=args.atrous_rates,
                   aspp_separable=args.aspp_separable, decoder_output_stride=decoder)
     if decoder is not None and decoder not in variant.decoder_end_points:
         parser.error(f'--decoder-output-stride {decoder}: {variant.name} has decoder end points '
@@ -456,11 +467,23 @@ def _network_of_reference_checkpoint(parser, args):
     args.model_variant = found['model_variant']
     if found['depth_multiplier'] != 1.0:
         args.depth_multiplier = found['depth_multiplier']
+    if args.depth_divisor is None:
+        args.depth_divisor = found['depth_divisor']
     for name in ('atrous_rates', 'aspp_separable'):
         if getattr(args, name) is None:
             setattr(args, name, found[name])
     if args.decoder_output_stride is None:
         args.decoder_output_stride = found['decoder_output_stride'] or 0
+
+
+def _depth_divisor_of_imagenet_checkpoint(args):
+    """MobileNetV2 at a multiplier other than 1 from `--imagenet`: the depths rounded as that
+    file's (slim's round to 8, the reference DeepLab's do not), unless --depth-divisor says."""
+    if (args.model_variant != 'mobilenet_v2' or args.depth_multiplier == 1.0
+            or not args.imagenet or args.depth_divisor is not None):
+        return
+    from libs.nets.mobilenet_v2 import depths_of_checkpoint
+    args.depth_divisor = depths_of_checkpoint(args.imagenet, args.depth_multiplier)
 
 
 def parse_train_args(parser, argv=None, check_snapshot_dir=True):
@@ -474,9 +497,10 @@ def parse_train_args(parser, argv=None, check_snapshot_dir=True):
     """
     args = parser.parse_args(argv)
     _network_of_reference_checkpoint(parser, args)
+    _depth_divisor_of_imagenet_checkpoint(args)
     network = network_from_args(parser, args)
-    for name in ('model_variant', 'num_layers', 'depth_multiplier', 'multi_grid',
-                 'atrous_rates', 'aspp_separable', 'decoder_output_stride'):
+    for name in ('model_variant', 'num_layers', 'depth_multiplier', 'depth_divisor',
+                 'multi_grid', 'atrous_rates', 'aspp_separable', 'decoder_output_stride'):
         setattr(args, name, network[name])
     if args.min_scale > args.max_scale:
         parser.error(f'--min-scale {args.min_scale} is above --max-scale {args.max_scale}')

@@ -54,10 +54,11 @@ _V2_SPEC = [(1, 16), (2, 24), (1, 24), (2, 32), (1, 32), (1, 32), (2, 64), (1, 6
             (1, 64), (1, 96), (1, 96), (1, 96), (2, 160), (1, 160), (1, 160), (1, 320)]
 
 
-def mobilenet_v2(depth_multiplier=1.0):
+def mobilenet_v2(depth_multiplier=1.0, divisible=None):
     """feature_extractor.py `_mobilenet_v2`: divisible_by and min_depth 8 at multiplier 1, else
-    1; up to `layer_18` (no `Conv_1`). Returns (tensors, {end point: channels})."""
-    divisible = 8 if depth_multiplier == 1.0 else 1
+    1 (slim's own `mobilenet_v2_050` keeps mobilenet.py's default 8: `divisible=8`); up to
+    `layer_18` (no `Conv_1`). Returns (tensors, {end point: channels}, output depth)."""
+    divisible = divisible or (8 if depth_multiplier == 1.0 else 1)
     depth = lambda d: _make_divisible(d * depth_multiplier, divisible, divisible)
     tensors, channels = {}, {}
     first = depth(32)

@@ -4,6 +4,7 @@ Every published configuration's variable list (names and shapes) equals the one 
 reference's code (`reference_networks.py`, kept in tests/fixtures); a checkpoint written under
 those names loads with every tensor accounted for, and one with a missing, extra or misshapen
 tensor is refused, naming it, with the model left unchanged."""
+import dataclasses
 import json
 import math
 import os
@@ -236,3 +237,42 @@ def test_a_published_checkpoint_evaluates_predicts_exports_and_fine_tunes(
     assert 'Loaded 272 mobilenet_v2 variables' in out, out
     with open(tmp_path / 'tuned' / 'config.json') as f:
         assert json.load(f)['model_variant'] == 'mobilenet_v2'
+
+
+def slim_mobilenet_v2_050():
+    """TF-slim's `mobilenet_v2_0.5_224` backbone up to layer_18: its depths rounded to multiples
+    of 8 (mobilenet.py's `depth_multiplier` defaults, divisible_by=8), so 16 channels where the
+    reference DeepLab's x0.5 network (divisible_by=1) has 12."""
+    assert reference_networks.mobilenet_v2(0.5)[0][
+        'MobilenetV2/expanded_conv_1/project/weights'][-1] == 12
+    tensors, _, _ = reference_networks.mobilenet_v2(0.5, divisible=8)
+    assert tensors['MobilenetV2/expanded_conv_1/project/weights'][-1] == 16
+    return tensors
+
+
+def test_slim_imagenet_mobilenet_at_half_depth_loads_with_its_rounding(tmp_path):
+    """`--imagenet mobilenet_v2_0.5_224.ckpt --depth-multiplier 0.5`: the network is built with
+    that file's rounding of the depths, and the file loads whole."""
+    import config as config_lib
+    from libs.nets.pretrained import load_slim_backbone
+    tensors = slim_mobilenet_v2_050()
+    rng = np.random.default_rng(3)
+    values = {n: rng.standard_normal(s).astype(np.float32) for n, s in tensors.items()}
+    values['MobilenetV2/Logits/Conv2d_1c_1x1/weights'] = np.zeros([1, 1, 1280, 1001], np.float32)
+    values['MobilenetV2/Conv_1/weights'] = np.zeros([1, 1, 160, 1280], np.float32)
+    path = write_checkpoint(str(tmp_path / 'mobilenet_v2_0.5_224.ckpt'), values, v1=False)
+    parser = config_lib.build_train_parser('train.py')
+    args = config_lib.parse_train_args(parser, [
+        '--model-variant', 'mobilenet_v2', '--depth-multiplier', '0.5', '--imagenet', path,
+        '--snapshot-dir', str(tmp_path / 'run')])
+    assert args.depth_divisor == 8
+    config = config_lib.config_from_args(args, num_classes=21)
+    model = checkpoints.build_model(config)
+    report = load_slim_backbone(model.backbone, path, scope=model.variant.scope,
+                                classifier=dict(model.variant.imagenet_left_out))
+    assert report.loaded == len(model.backbone.variables) == len(tensors)
+    assert {group.pattern for group in report.left_out} == {'MobilenetV2/Logits/*',
+                                                            'MobilenetV2/Conv_1/*'}
+    # The reference's own x0.5 network keeps its exact halves.
+    assert config_lib.resolve_network(dataclasses.replace(
+        config, depth_divisor=None)).depth_divisor == 1

@@ -197,7 +197,14 @@ class MultiScalePredictor:
 
         Returns:
             float32 tensor [H, W, C], averaged over scales (and flips); sums to 1 over C.
+        Raises:
+            ValueError: with `eval_crop_size`, an image larger than the canvas.
         """
+        if self.eval_crop_size is not None and image.shape.rank == 3 and any(
+                side is not None and side > limit
+                for side, limit in zip(image.shape[:2], self.eval_crop_size)):
+            raise ValueError('an image of {}x{} is larger than the reference\'s canvas {}x{} '
+                             '(--eval-crop-size)'.format(*image.shape[:2], *self.eval_crop_size))
         return self._probabilities(image)
 
     def predict(self, image):

@@ -33,6 +33,8 @@ class DeepLabV3(tf.Module):
         seed: seed of the initial weights; the same seed gives the same network.
         model_variant: a name of `variants.VARIANTS`; None: `resnet_v1_<depth>`.
         depth_multiplier: MobileNetV2's depth multiplier.
+        depth_divisor: the rounding of MobileNetV2's scaled depths (8: slim's ImageNet files; 1:
+            the reference DeepLab's at multipliers other than 1); None: the reference's.
         atrous_rates: ASPP's atrous rates at output stride 16; () for none; None: the variant's.
         aspp_separable: separable atrous branches; None: the variant's.
         decoder_output_stride: the V3+ decoder's output stride (4); None: no decoder.
@@ -43,7 +45,7 @@ class DeepLabV3(tf.Module):
     def __init__(self, num_classes=21, depth=101, output_stride=16, multi_grid=None,
                  freeze_bn=False, sync_bn=False, bn_decay=0.9997, seed=None, model_variant=None,
                  depth_multiplier=1.0, atrous_rates=None, aspp_separable=None,
-                 decoder_output_stride=None, aspp_pooling_first=True):
+                 decoder_output_stride=None, aspp_pooling_first=True, depth_divisor=None):
         super().__init__(name='deeplabv3')
         if output_stride not in OUTPUT_STRIDES:
             raise ValueError(f'output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}')
@@ -68,7 +70,7 @@ class DeepLabV3(tf.Module):
         self.num_classes = num_classes
         self.output_stride = output_stride
         self.preprocessing = variant.preprocessing
-        self.backbone = variant.build(multi_grid, depth_multiplier, rng, bn_args)
+        self.backbone = variant.build(multi_grid, depth_multiplier, depth_divisor, rng, bn_args)
         self.aspp = ASPP(self.backbone.out_channels, rng, bn_args,
                          rates_at_os16=(variant.atrous_rates if atrous_rates is None
                                         else tuple(atrous_rates)),

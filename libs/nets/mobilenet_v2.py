@@ -32,14 +32,21 @@ def make_divisible(value, divisor, min_value=None):
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
-def depths(depth_multiplier):
+def default_depth_divisor(depth_multiplier):
+    """The reference DeepLab's rounding of the scaled depths (feature_extractor.py): multiples of
+    8 at multiplier 1, none otherwise. slim's own ImageNet files round to 8 at every multiplier."""
+    return 8 if depth_multiplier == 1.0 else 1
+
+
+def depths(depth_multiplier, depth_divisor=None):
     """(first convolution's depth, [(stride, inner depth, output depth) per block]).
 
-    The reference DeepLab calls slim with `divisible_by` and `min_depth` 8 at multiplier 1 and 1
-    otherwise (feature_extractor.py), so at 0.5 every depth is exactly halved; expansions are
-    rounded to multiples of 8 as slim's `expand_input_by_factor` does (the first block's, to 1).
+    Each depth times the multiplier is rounded to a multiple of `depth_divisor` (and at least
+    it): the reference DeepLab's 1 at multipliers other than 1, so that at 0.5 every depth is
+    exactly halved; slim's ImageNet files' 8. Expansions are rounded to multiples of 8 as slim's
+    `expand_input_by_factor` does (the first block's, to 1).
     """
-    divisor = 8 if depth_multiplier == 1.0 else 1
+    divisor = depth_divisor or default_depth_divisor(depth_multiplier)
     scaled = lambda d: make_divisible(d * depth_multiplier, divisor, divisor)
     first = scaled(FIRST_DEPTH)
     blocks, in_depth = [], first
@@ -48,6 +55,23 @@ def depths(depth_multiplier):
         blocks.append((stride, inner, scaled(out_depth)))
         in_depth = scaled(out_depth)
     return first, blocks
+
+
+def depths_of_checkpoint(path, depth_multiplier, shapes=None):
+    """The depth divisor (1 or 8) whose depths at `depth_multiplier` a MobileNetV2 checkpoint
+    has, or None when neither fits (loading then names the tensors that differ)."""
+    if shapes is None:
+        try:
+            shapes = dict(tf.train.list_variables(path))
+        except (tf.errors.OpError, ValueError):
+            return None  # not a checkpoint: the loader says so
+    found = shapes.get(f'{SCOPE}/expanded_conv_1/project/weights')
+    default = default_depth_divisor(depth_multiplier)
+    for divisor in (default, 9 - default):
+        _, plan = depths(depth_multiplier, divisor)
+        if found is not None and list(found)[-1] == plan[1][2]:
+            return divisor
+    return None
 
 
 class InvertedResidual(tf.Module):
@@ -82,15 +106,16 @@ class MobileNetV2(tf.Module):
         depth_multiplier: scales every layer's depth (1.0 and 0.5 are published).
         rng: `np.random.Generator` for the initial weights.
         bn_args: keyword arguments of `BatchNorm` (decay, frozen, sync); epsilon is 1e-3.
+        depth_divisor: the rounding of the scaled depths (`depths`); None: the reference's.
     """
 
-    def __init__(self, depth_multiplier, rng, bn_args):
+    def __init__(self, depth_multiplier, rng, bn_args, depth_divisor=None):
         super().__init__(name=None)
         if not depth_multiplier > 0:
             raise ValueError(f'depth_multiplier must be positive, got {depth_multiplier}')
         bn_args = dict(bn_args, epsilon=BN_EPSILON)
         self.depth_multiplier = depth_multiplier
-        first, plan = depths(depth_multiplier)
+        first, plan = depths(depth_multiplier, depth_divisor)
         self.conv = ConvBN(Conv2D(f'{SCOPE}/Conv', 3, 3, first, rng, padding='same',
                                   stddev=INIT_STDDEV), bn_args, tf.nn.relu6)
         self.blocks, in_depth = [], first

@@ -23,7 +23,8 @@ class Variant:
         name: the reference's model_variant, e.g. 'mobilenet_v2'.
         scope: the backbone's variable scope in checkpoints, e.g. 'MobilenetV2'.
         preprocessing: what the backbone expects of its input pixels.
-        build: (multi_grid, depth_multiplier, rng, bn_args) -> backbone, a module called as
+        build: (multi_grid, depth_multiplier, depth_divisor, rng, bn_args) -> backbone, a
+            module called as
             `backbone(images, output_stride, training) -> (features, end points)`, with
             `out_channels` and `low_level_channels(end_point)`.
         decoder_end_points: {decoder output stride: the backbone end point the decoder takes}
@@ -61,19 +62,19 @@ def _resnet_end_points(depth):
 
 
 def _resnet(depth, beta):
-    def build(multi_grid, depth_multiplier, rng, bn_args):
-        del depth_multiplier
+    def build(multi_grid, depth_multiplier, depth_divisor, rng, bn_args):
+        del depth_multiplier, depth_divisor
         return ResNetV1(depth, multi_grid, rng, bn_args, beta=beta)
     return build
 
 
-def _mobilenet_v2(multi_grid, depth_multiplier, rng, bn_args):
+def _mobilenet_v2(multi_grid, depth_multiplier, depth_divisor, rng, bn_args):
     del multi_grid
-    return MobileNetV2(depth_multiplier, rng, bn_args)
+    return MobileNetV2(depth_multiplier, rng, bn_args, depth_divisor)
 
 
-def _xception_65(multi_grid, depth_multiplier, rng, bn_args):
-    del depth_multiplier
+def _xception_65(multi_grid, depth_multiplier, depth_divisor, rng, bn_args):
+    del depth_multiplier, depth_divisor
     return Xception65(multi_grid, rng, bn_args)
 
 

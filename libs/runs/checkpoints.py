@@ -194,7 +194,8 @@ def build_model(config, num_replicas=1):
                      model_variant=config.variant_name, depth_multiplier=config.depth_multiplier,
                      atrous_rates=config.atrous_rates, aspp_separable=config.aspp_separable,
                      decoder_output_stride=config.decoder_output_stride,
-                     aspp_pooling_first=config.aspp_pooling_first)
+                     aspp_pooling_first=config.aspp_pooling_first,
+                     depth_divisor=config.depth_divisor)
 
 
 def load_trained_model(path, output_stride=None, reference=None, log=print):

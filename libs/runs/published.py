@@ -96,6 +96,11 @@ def describe(prefix, shapes=None):
     first = shapes.get(f'{variant.scope}/Conv/weights')
     values['depth_multiplier'] = first[-1] / 32 if first and variant.name == 'mobilenet_v2' \
         else 1.0
+    values['depth_divisor'] = None
+    if variant.name == 'mobilenet_v2':
+        from libs.nets.mobilenet_v2 import depths_of_checkpoint
+        values['depth_divisor'] = depths_of_checkpoint(prefix, values['depth_multiplier'],
+                                                       shapes)
     branches = 0
     while any(f'aspp{branches + 1}{kind}' in tops for kind in ('', '_depthwise')):
         branches += 1
@@ -120,7 +125,8 @@ def describe(prefix, shapes=None):
 def _decoder_output_stride(prefix, variant, values, channels):
     """The decoder output stride whose end point has `channels` channels."""
     probe = DeepLabV3(num_classes=1, model_variant=variant.name,
-                      depth_multiplier=values['depth_multiplier'], atrous_rates=())
+                      depth_multiplier=values['depth_multiplier'],
+                      depth_divisor=values['depth_divisor'], atrous_rates=())
     strides = [stride for stride, end_point in sorted(variant.decoder_end_points.items())
                if probe.backbone.low_level_channels(end_point) == channels]
     if len(strides) != 1:
