@@ -3,12 +3,14 @@ output stride 8 or 16, ASPP (rates 6/12/18 at OS16, doubled at OS8) with image p
 classifier, bilinear upsampling; on 2 CPU threads, float32 NCHW unless told otherwise. Prints
 median seconds per step as JSON.
 usage: python3 bench/torchvision_peer.py MODE(inference|train) DEPTH OS SIZE BATCH STEPS
-           [--channels-last] [--autocast-bf16]
+           [--channels-last] [--autocast-bf16] [--model NAME]
 --channels-last: the network's weights and the input in torch.channels_last (NHWC) memory format,
   torchvision's fastest CPU layout. --autocast-bf16: forward (and loss) under
   torch.autocast('cpu', dtype=torch.bfloat16), torch's mixed precision: convolutions and matmuls
   in bfloat16, weights and the optimiser float32; backward outside the autocast region, as torch
-  documents."""
+  documents. --model deeplabv3_mobilenet_v3_large|lraspp_mobilenet_v3_large: torchvision's own
+  mobile segmentation model of that name (random weights, 21 classes, no auxiliary head) in place
+  of the ResNet DeepLabV3; DEPTH and OS are then ignored (those models fix their own)."""
 import argparse, contextlib, json, time
 import torch, torchvision
 from torch import nn
@@ -21,6 +23,7 @@ for name in ("depth", "os", "size", "batch", "steps"):
     p.add_argument(name, type=int)
 p.add_argument("--channels-last", action="store_true")
 p.add_argument("--autocast-bf16", action="store_true")
+p.add_argument("--model", choices=("deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"))
 a = p.parse_args()
 torch.set_num_threads(2)
 rates = [6, 12, 18] if a.os == 16 else [12, 24, 36]
@@ -36,6 +39,13 @@ class Net(nn.Module):
         y = s.head(s.aspp(s.body(x)))
         return nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 net = Net()
+if a.model:
+    segmentation = getattr(torchvision.models.segmentation, a.model)(
+        weights=None, weights_backbone=None, num_classes=21)
+    class Mobile(nn.Module):
+        def __init__(s): super().__init__(); s.net = segmentation
+        def forward(s, x): return s.net(x)["out"]
+    net = Mobile()
 x = torch.randn(a.batch, 3, a.size, a.size)
 y = torch.randint(0, 21, (a.batch, a.size, a.size))
 if a.channels_last:

@@ -276,3 +276,35 @@ def test_slim_imagenet_mobilenet_at_half_depth_loads_with_its_rounding(tmp_path)
     # The reference's own x0.5 network keeps its exact halves.
     assert config_lib.resolve_network(dataclasses.replace(
         config, depth_divisor=None)).depth_divisor == 1
+
+
+def test_a_run_recorded_before_the_variants_keeps_its_aspp_order(trained_run, tmp_path):
+    """config.json of a run written before the variant registry has no network fields beyond
+    num_layers and multi_grid: it is the slim ResNet with the paper's ASPP, image pooling
+    concatenated last, and loads (and resumes) so."""
+    import shutil
+    import config as config_lib
+    from libs.runs import record
+    run = tmp_path / 'old_run'
+    shutil.copytree(trained_run.run_dir, run)
+    with open(run / 'config.json') as f:
+        values = json.load(f)
+    new_fields = ('model_variant', 'depth_multiplier', 'depth_divisor', 'atrous_rates',
+                  'aspp_separable', 'decoder_output_stride', 'aspp_pooling_first', 'keep_best')
+    assert values['aspp_pooling_first'] is True  # the situation: this run was recorded now
+    with open(run / 'config.json', 'w') as f:
+        json.dump({k: v for k, v in values.items() if k not in new_fields}, f)
+    model, config, _, _ = checkpoints.load_trained_model(str(run))
+    assert (config.model_variant, config.atrous_rates, config.aspp_pooling_first) == (
+        'resnet_v1_50', (6, 12, 18), False)
+    assert model.aspp.pooling_first is False
+    # The same weights in the other order give other logits: the order is not cosmetic.
+    image = tf.random.stateless_normal([1, 33, 33, 3], seed=[1, 1]) * 50.0
+    other = DeepLabV3(num_classes=21, depth=50, aspp_pooling_first=True)
+    for mine, theirs in zip(model.variables, other.variables):
+        theirs.assign(mine)
+    assert not np.allclose(model(image).numpy(), other(image).numpy(), atol=1e-3)
+    # A resume keeps the recorded order whatever the flags say.
+    resumed = record.with_recorded_layout(dataclasses.replace(config, snapshot_dir=str(run),
+                                                              aspp_pooling_first=True))
+    assert resumed.aspp_pooling_first is False
