@@ -394,7 +394,8 @@ def run(args):
     """Runs the benchmark of `args` and returns the results as a dict."""
     import tensorflow as tf
 
-    from libs.utils.flops import cpu_name, matmul_gflops
+    from libs.utils.cpu import cpu_description, describe_cpu
+    from libs.utils.flops import matmul_gflops
 
     threads = args.threads or len(os.sched_getaffinity(0))
     tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -429,7 +430,8 @@ def run(args):
         else 'median', 'step_times': [round(t, 4) for t in times],
         'images_per_sec': images_per_step / seconds,
         'gflops_per_image': None, 'achieved_gflops_per_sec': None,
-        'device': f'GPU {gpus[0].name}' if gpus else f'CPU {cpu_name()}',
+        'device': f'GPU {gpus[0].name}' if gpus else f'CPU {describe_cpu(cpu_description())}',
+        'cpu': cpu_description(),
         'tf_version': tf.__version__,
         'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         'matmul_ceilings_gflops': None,

@@ -104,3 +104,20 @@ def test_flop_count_of_a_convolution_is_two_per_multiply_add():
     conv = tf.function(lambda x: tf.nn.conv2d(x, kernel, 1, 'SAME', dilations=2))
     flops = count_flops(conv.get_concrete_function(tf.TensorSpec([2, 10, 12, 3 + 5])))
     assert flops == 2 * (2 * 10 * 12 * 16) * (3 * 3 * 8)
+
+
+def test_the_cpu_is_named_with_its_generation_and_flags(tmp_path):
+    """Every figure names its CPU: the machines moved from Zen 4 (AMD family 25) to Zen 5 (26)."""
+    from libs.utils.cpu import cpu_description, describe_cpu
+    cpuinfo = tmp_path / 'cpuinfo'
+    cpuinfo.write_text('processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n'
+                       'model\t\t: 2\nmodel name\t: AMD EPYC  9005\n'
+                       'flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n\n'
+                       'processor\t: 1\nvendor_id\t: GenuineIntel\n')
+    description = cpu_description(str(cpuinfo))
+    assert description == {'name': 'AMD EPYC 9005', 'vendor': 'AuthenticAMD', 'family': 26,
+                           'model': 2, 'generation': 'Zen 5',
+                           'flags': ['avx512f', 'avx512_bf16', 'avx512_vnni']}
+    assert describe_cpu(description) == ('AMD EPYC 9005 (AuthenticAMD family 26 model 2: Zen 5; '
+                                         'avx512f avx512_bf16 avx512_vnni)')
+    assert cpu_description(str(tmp_path / 'missing'))['name'] == 'unknown CPU'

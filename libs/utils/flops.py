@@ -5,7 +5,6 @@ a concrete function's graph: convolutions count 2 x multiply-adds, their gradien
 element-wise ops one per element. Ops without registered statistics (batch norm, resize, pad)
 count 0, so the figure slightly undercounts the work the graph does.
 """
-import re
 import statistics
 import time
 
@@ -25,19 +24,6 @@ def count_flops(concrete_function):
     options = builder(builder.float_operation()).with_empty_output().build()
     profile = tf.compat.v1.profiler.profile(graph=concrete_function.graph, options=options)
     return int(profile.total_float_ops)
-
-
-def cpu_name(cpuinfo='/proc/cpuinfo'):
-    """The model name of the first processor in /proc/cpuinfo ('unknown CPU' if none)."""
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                key, _, value = line.partition(':')
-                if key.strip() == 'model name':
-                    return re.sub(r'\s+', ' ', value.strip())
-    except OSError:
-        pass
-    return 'unknown CPU'
 
 
 def matmul_gflops(dtype=tf.float32, size=4096, repeats=5):
