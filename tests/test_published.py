@@ -308,3 +308,18 @@ def test_a_run_recorded_before_the_variants_keeps_its_aspp_order(trained_run, tm
     resumed = record.with_recorded_layout(dataclasses.replace(config, snapshot_dir=str(run),
                                                               aspp_pooling_first=True))
     assert resumed.aspp_pooling_first is False
+
+
+def test_fine_tuning_to_other_classes_loads_all_but_the_classifier(mobilenet_checkpoint):
+    prefix, values = mobilenet_checkpoint
+    model = model_of('mobilenetv2_coco_voc_trainaug', num_classes=3)
+    fresh = model.classifier.kernel.numpy().copy()
+    report = published.load_reference_weights(model, prefix, other_classes=True)
+    classifier = {v.ref() for v in model.classifier.variables}
+    for variable in model.variables:
+        if variable.ref() not in classifier:
+            np.testing.assert_array_equal(variable.numpy(), values[variable.name[:-2]])
+    np.testing.assert_array_equal(model.classifier.kernel.numpy(), fresh)
+    assert report.loaded == len(model.variables) - 2
+    assert 'logits/semantic/* (2): the classifier of 21 classes; the model has 3' in \
+        report.summary()

@@ -249,10 +249,11 @@ def load_reference_weights(model, prefix, extra_logits=0, other_classes=False):
         base = classify
 
         def classify(name):  # pylint: disable=function-redefined
-            if name.startswith(LOGITS_SCOPE + '/'):
+            group = base(name)
+            if group is None and name.startswith(LOGITS_SCOPE + '/'):
                 return f'{LOGITS_SCOPE}/*', (f'the classifier of {classes} classes; the model '
                                              f'has {model.num_classes}, trained from scratch')
-            return base(name)
+            return group
         extra_logits = 0
     transforms = {}
     if extra_logits:
