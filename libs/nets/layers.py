@@ -319,8 +319,8 @@ class ConvBN(tf.Module):
     def __init__(self, conv, bn_args, activation=None):
         super().__init__(name=None)
         self.conv = conv
-        channels = conv.kernel.shape[2] if isinstance(conv, DepthwiseConv2D) else \
-            conv.kernel.shape[3]
+        # A depthwise kernel is [k, k, C, 1]: its output channels are its input channels.
+        channels = conv.kernel.shape[2 if isinstance(conv, DepthwiseConv2D) else 3]
         self.bn = BatchNorm(conv.scope, channels, **bn_args)
         self.activation = activation
 

@@ -115,7 +115,7 @@ def load_slim_backbone(backbone, checkpoint_path, scope=None, classifier=None):
         RuntimeError: called inside `tf.function` or `strategy.run`.
     """
     _check_eager('load_slim_backbone')
-    prefix, reader = _open_checkpoint(checkpoint_path)
+    prefix, reader = open_checkpoint(checkpoint_path)
     shapes = reader.get_variable_to_shape_map()
     scope = scope or f'resnet_v1_{backbone.depth}'
     _check_scope(prefix, shapes, scope, getattr(backbone, 'depth', None))
@@ -150,7 +150,7 @@ def assign_by_name(prefix, reader, variables, classify, what, where, transforms=
     differs is refused, naming the tensors.
 
     Args:
-        prefix, reader: the checkpoint (`_open_checkpoint`).
+        prefix, reader: the checkpoint (`open_checkpoint`).
         variables: the variables to assign; their names (without ':0') are checkpoint names.
         classify: name -> (pattern, reason) for a checkpoint tensor that is left out, or None
             for one the model should have had.
@@ -226,7 +226,7 @@ def _check_eager(what):
                            'not inside tf.function or strategy.run')
 
 
-def _open_checkpoint(path):
+def open_checkpoint(path):
     """Returns (prefix, reader) for a checkpoint prefix, a V2 file of one, or a directory."""
     if os.path.isdir(path):
         prefix = tf.train.latest_checkpoint(path)

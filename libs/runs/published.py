@@ -231,7 +231,7 @@ def load_reference_weights(model, prefix, extra_logits=0, other_classes=False):
     Returns:
         `pretrained.LoadReport`.
     """
-    prefix, reader = pretrained._open_checkpoint(prefix)  # pylint: disable=protected-access
+    prefix, reader = pretrained.open_checkpoint(prefix)
 
     def classify(name):
         last = name.rsplit('/', 1)[-1]
