@@ -30,13 +30,7 @@ def slim_variance_scaling(shape, rng):
         float32 array of `shape`.
     """
     fan_in = int(np.prod(shape[:-1]))
-    stddev = np.sqrt(1.3 * 2.0 / fan_in)
-    values = rng.standard_normal(size=shape)
-    outside = np.abs(values) >= 2.0
-    while outside.any():
-        values[outside] = rng.standard_normal(size=int(outside.sum()))
-        outside = np.abs(values) >= 2.0
-    return (values * stddev).astype(np.float32)
+    return truncated_normal(shape, np.sqrt(1.3 * 2.0 / fan_in), rng)
 
 
 def truncated_normal(shape, stddev, rng):
