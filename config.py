@@ -350,7 +350,9 @@ def build_train_parser(doc):
                    help="another run's snapshot dir or checkpoint prefix to start from "
                         '(weights only)')
     g.add_argument('--imagenet', default=d.imagenet,
-                   help="TF-slim resnet_v1 ImageNet checkpoint for the backbone")
+                   help="the backbone's ImageNet checkpoint (TF-slim's resnet_v1_<N>.ckpt, "
+                        "mobilenet_v2_1.0_224.ckpt; the reference DeepLab's xception_65 and "
+                        'beta ResNet model.ckpt): docs/model_zoo.md')
     g.add_argument('--random-seed', type=non_negative_int, default=d.random_seed,
                    help='seed of the initial weights and the augmentation')
     g.add_argument('--deterministic', action='store_true', default=d.deterministic,
