@@ -121,19 +121,17 @@ def resolve_network(config):
     if config.depth_multiplier not in variant.depth_multipliers:
         raise ValueError(f'--depth-multiplier {config.depth_multiplier}: {variant.name} takes '
                          f'{", ".join(map(str, variant.depth_multipliers))}')
-    if variant.name != 'mobilenet_v2':
+    if variant.default_depth_divisor is None:
         values['depth_divisor'] = None
     elif config.depth_divisor is None:
-        from libs.nets.mobilenet_v2 import default_depth_divisor
-        values['depth_divisor'] = default_depth_divisor(config.depth_multiplier)
+        values['depth_divisor'] = variant.default_depth_divisor(config.depth_multiplier)
     if config.atrous_rates is None:
         values['atrous_rates'] = variant.atrous_rates
     if config.aspp_separable is None:
         values['aspp_separable'] = variant.aspp_separable and bool(
             values.get('atrous_rates', config.atrous_rates))
-    depth = variant.name.split('_')[2] if variant.name.startswith('resnet_v1_') else None
-    if depth is not None:
-        values['num_layers'] = int(depth)
+    if variant.num_layers is not None:
+        values['num_layers'] = variant.num_layers
     return dataclasses.replace(config, **values)
 
 
@@ -436,8 +434,9 @@ def network_from_args(parser, args):
     decoder = args.decoder_output_stride
     decoder = variant.decoder_output_stride if decoder is None else (decoder or None)
     values = dict(model_variant=variant.name, depth_multiplier=args.depth_multiplier,
-                  depth_divisor=args.depth_divisor, multi_grid=args.multi_grid, atrous_rates=args.atrous_rates,
-                  aspp_separable=args.aspp_separable, decoder_output_stride=decoder)
+                  depth_divisor=args.depth_divisor, multi_grid=args.multi_grid,
+                  atrous_rates=args.atrous_rates, aspp_separable=args.aspp_separable,
+                  decoder_output_stride=decoder)
     if decoder is not None and decoder not in variant.decoder_end_points:
         parser.error(f'--decoder-output-stride {decoder}: {variant.name} has decoder end points '
                      f'at {", ".join(map(str, sorted(variant.decoder_end_points)))}')
@@ -479,13 +478,21 @@ def _network_of_reference_checkpoint(parser, args):
 
 
 def _depth_divisor_of_imagenet_checkpoint(args):
-    """MobileNetV2 at a multiplier other than 1 from `--imagenet`: the depths rounded as that
-    file's (slim's round to 8, the reference DeepLab's do not), unless --depth-divisor says."""
-    if (args.model_variant != 'mobilenet_v2' or args.depth_multiplier == 1.0
-            or not args.imagenet or args.depth_divisor is not None):
+    """A network with a depth multiplier (MobileNetV2) from `--imagenet`: its depths rounded as
+    that file's (slim's round to multiples of 8, the reference DeepLab's do not), unless
+    --depth-divisor says. A file that is no checkpoint is named when it is loaded."""
+    from libs.nets import variants
+    variant = variants.get(args.model_variant or f'resnet_v1_{args.num_layers or 101}')
+    if variant.depth_of_checkpoint is None or not args.imagenet or args.depth_divisor is not None:
         return
-    from libs.nets.mobilenet_v2 import depths_of_checkpoint
-    args.depth_divisor = depths_of_checkpoint(args.imagenet, args.depth_multiplier)
+    import tensorflow as tf
+    try:
+        shapes = dict(tf.train.list_variables(args.imagenet))
+    except (tf.errors.OpError, ValueError):
+        return
+    depth_multiplier, divisor = variant.depth_of_checkpoint(shapes)
+    if depth_multiplier == args.depth_multiplier:
+        args.depth_divisor = divisor
 
 
 def parse_train_args(parser, argv=None, check_snapshot_dir=True):

@@ -57,21 +57,22 @@ def depths(depth_multiplier, depth_divisor=None):
     return first, blocks
 
 
-def depths_of_checkpoint(path, depth_multiplier, shapes=None):
-    """The depth divisor (1 or 8) whose depths at `depth_multiplier` a MobileNetV2 checkpoint
-    has, or None when neither fits (loading then names the tensors that differ)."""
-    if shapes is None:
-        try:
-            shapes = dict(tf.train.list_variables(path))
-        except (tf.errors.OpError, ValueError):
-            return None  # not a checkpoint: the loader says so
-    found = shapes.get(f'{SCOPE}/expanded_conv_1/project/weights')
+def depth_of_checkpoint(shapes):
+    """(depth multiplier, depth divisor) of a checkpoint's MobileNetV2, from its variable shapes
+    ({name: shape}): the multiplier from `layer_18`'s depth over 320 (exact at 1.0, 0.75, 0.5 and
+    0.35 with either rounding), the divisor (1 or 8) whose depths its `expanded_conv_1` has.
+    (None, None) without a MobileNetV2; a divisor of None when neither rounding fits (loading
+    then names the tensors that differ)."""
+    last = shapes.get(f'{SCOPE}/expanded_conv_16/project/weights')
+    if last is None:
+        return None, None
+    depth_multiplier = list(last)[-1] / BLOCKS[-1][1]
+    found = list(shapes.get(f'{SCOPE}/expanded_conv_1/project/weights', [0]))[-1]
     default = default_depth_divisor(depth_multiplier)
     for divisor in (default, 9 - default):
-        _, plan = depths(depth_multiplier, divisor)
-        if found is not None and list(found)[-1] == plan[1][2]:
-            return divisor
-    return None
+        if depths(depth_multiplier, divisor)[1][1][2] == found:
+            return depth_multiplier, divisor
+    return depth_multiplier, None
 
 
 class InvertedResidual(tf.Module):

@@ -9,6 +9,7 @@ import dataclasses
 from typing import Callable, Optional
 
 from libs.nets.aspp import RATES_AT_OS16
+from libs.nets import mobilenet_v2
 from libs.nets.mobilenet_v2 import MobileNetV2
 from libs.utils.preprocessing import IMAGENET_MEAN, UNIT_RANGE, Preprocessing
 from libs.nets.resnet_v1 import UNITS_PER_BLOCK, ResNetV1
@@ -22,6 +23,8 @@ class Variant:
     Attributes:
         name: the reference's model_variant, e.g. 'mobilenet_v2'.
         scope: the backbone's variable scope in checkpoints, e.g. 'MobilenetV2'.
+        signature: a variable only this network has (its first convolution's weights), by which
+            a checkpoint is recognised as holding it.
         preprocessing: what the backbone expects of its input pixels.
         build: (multi_grid, depth_multiplier, depth_divisor, rng, bn_args) -> backbone, a
             module called as
@@ -38,9 +41,15 @@ class Variant:
         depth_multipliers: the depth multipliers it takes.
         imagenet_left_out: {checkpoint name prefix: why} for the parts of its ImageNet network,
             beyond `<scope>/logits/`, that DeepLab does not build.
+        num_layers: a ResNet's depth (config's `num_layers`), else None.
+        default_depth_divisor: depth multiplier -> the rounding of the scaled depths, for a
+            network that has a depth multiplier, else None.
+        depth_of_checkpoint: {name: shape} -> (depth multiplier, depth divisor) of a
+            checkpoint of this network, for a network that has a depth multiplier, else None.
     """
     name: str
     scope: str
+    signature: str
     preprocessing: Preprocessing
     build: Callable
     decoder_end_points: dict
@@ -51,6 +60,9 @@ class Variant:
     imagenet: str
     depth_multipliers: tuple = (1.0,)
     imagenet_left_out: tuple = ()
+    num_layers: Optional[int] = None
+    default_depth_divisor: Optional[Callable] = None
+    depth_of_checkpoint: Optional[Callable] = None
 
 
 def _resnet_end_points(depth):
@@ -82,25 +94,32 @@ def _table():
     table = {}
     for depth in UNITS_PER_BLOCK:
         name = f'resnet_v1_{depth}'
-        table[name] = Variant(name, name, IMAGENET_MEAN, _resnet(depth, False),
+        table[name] = Variant(name, name, f'{name}/conv1/weights', IMAGENET_MEAN,
+                              _resnet(depth, False),
                               _resnet_end_points(depth), (1, 2, 4), RATES_AT_OS16, False, None,
-                              f'{name}.ckpt (TF-slim {name}_2016_08_28.tar.gz)')
+                              f'{name}.ckpt (TF-slim {name}_2016_08_28.tar.gz)',
+                              num_layers=depth)
     for depth in (50, 101):
         name = f'resnet_v1_{depth}_beta'
-        table[name] = Variant(name, f'resnet_v1_{depth}', UNIT_RANGE, _resnet(depth, True),
+        table[name] = Variant(name, f'resnet_v1_{depth}', f'resnet_v1_{depth}/conv1_1/weights',
+                              UNIT_RANGE, _resnet(depth, True),
                               _resnet_end_points(depth), (1, 2, 4), RATES_AT_OS16, False, None,
-                              f'model.ckpt (the reference DeepLab\'s {name}_imagenet.tar.gz)')
+                              f'model.ckpt (the reference DeepLab\'s {name}_imagenet.tar.gz)',
+                              num_layers=depth)
     table['mobilenet_v2'] = Variant(
-        'mobilenet_v2', 'MobilenetV2', UNIT_RANGE, _mobilenet_v2,
+        'mobilenet_v2', 'MobilenetV2', 'MobilenetV2/Conv/weights', UNIT_RANGE, _mobilenet_v2,
         {4: 'layer_4/depthwise_output', 8: 'layer_7/depthwise_output',
          16: 'layer_14/depthwise_output'}, None, (), False, None,
         'mobilenet_v2_1.0_224.ckpt (TF-slim mobilenet_v2_1.0_224.tgz; _0.5_224 at 0.5)',
         depth_multipliers=(1.0, 0.75, 0.5, 0.35),
         imagenet_left_out=(('MobilenetV2/Logits/', 'the 1001-class ImageNet classifier'),
                            ('MobilenetV2/Conv_1/', 'layer_19, the 1x1 convolution before the '
-                            'classifier; DeepLab takes the features of layer_18')))
+                            'classifier; DeepLab takes the features of layer_18')),
+        default_depth_divisor=mobilenet_v2.default_depth_divisor,
+        depth_of_checkpoint=mobilenet_v2.depth_of_checkpoint)
     table['xception_65'] = Variant(
-        'xception_65', 'xception_65', UNIT_RANGE, _xception_65,
+        'xception_65', 'xception_65', 'xception_65/entry_flow/conv1_1/weights', UNIT_RANGE,
+        _xception_65,
         {stride: f'{unit}/unit_1/xception_module/separable_conv2_pointwise'
          for stride, unit in ((4, 'entry_flow/block2'), (8, 'entry_flow/block3'),
                               (16, 'exit_flow/block1'))},

@@ -2,9 +2,9 @@
 g3doc/model_zoo.md): name-based TF1 checkpoints (`model.ckpt-N` inside each tarball) of the
 networks `libs/nets` builds under the same variable names.
 
-What a checkpoint holds tells the network: the backbone's scope (and the beta ResNets' three root
-convolutions), MobileNetV2's depth multiplier (its first convolution's depth over 32), the ASPP
-kind and branch count (`aspp<i>` or `aspp<i>_depthwise`), the decoder (`decoder/...`, its output
+What a checkpoint holds tells the network: the backbone (by its first convolution's variable
+name, `Variant.signature`: the beta ResNets' is `conv1_1`), MobileNetV2's depth multiplier and
+depth rounding (`Variant.depth_of_checkpoint`), the ASPP kind and branch count (`aspp<i>` or `aspp<i>_depthwise`), the decoder (`decoder/...`, its output
 stride from the depth of the low-level features it projects) and the class count
 (`logits/semantic/biases`). The class names come from the dataset whose class count it has (21:
 PASCAL VOC, 19: Cityscapes, 151: ADE20K), or from `--dataset` or the records. The reference's
@@ -83,24 +83,17 @@ def describe(prefix, shapes=None):
     """
     shapes = shapes or dict(tf.train.list_variables(prefix))
     tops = sorted({name.split('/')[0] for name in shapes})
-    beta = any(name.split('/')[1:2] == ['conv1_1'] for name in shapes if '/' in name)
-    found = [v for v in variants.VARIANTS.values()
-             if v.scope in tops and v.name.endswith('_beta') == beta]
+    found = [v for v in variants.VARIANTS.values() if v.signature in shapes]
     if len(found) != 1:
         raise ValueError(f'checkpoint {prefix}: no backbone of {", ".join(variants.VARIANTS)} '
                          f'found (top-level names: {", ".join(tops[:8])})')
     variant = found[0]
-    values = dict(model_variant=variant.name, multi_grid=variant.multi_grid)
-    if variant.name.startswith('resnet_v1_'):
-        values['num_layers'] = int(variant.name.split('_')[2])
-    first = shapes.get(f'{variant.scope}/Conv/weights')
-    values['depth_multiplier'] = first[-1] / 32 if first and variant.name == 'mobilenet_v2' \
-        else 1.0
-    values['depth_divisor'] = None
-    if variant.name == 'mobilenet_v2':
-        from libs.nets.mobilenet_v2 import depths_of_checkpoint
-        values['depth_divisor'] = depths_of_checkpoint(prefix, values['depth_multiplier'],
-                                                       shapes)
+    values = dict(model_variant=variant.name, multi_grid=variant.multi_grid,
+                  depth_multiplier=1.0, depth_divisor=None)
+    if variant.num_layers is not None:
+        values['num_layers'] = variant.num_layers
+    if variant.depth_of_checkpoint is not None:
+        values['depth_multiplier'], values['depth_divisor'] = variant.depth_of_checkpoint(shapes)
     branches = 0
     while any(f'aspp{branches + 1}{kind}' in tops for kind in ('', '_depthwise')):
         branches += 1
