@@ -26,26 +26,24 @@ p.add_argument("--autocast-bf16", action="store_true")
 p.add_argument("--model", choices=("deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"))
 a = p.parse_args()
 torch.set_num_threads(2)
-rates = [6, 12, 18] if a.os == 16 else [12, 24, 36]
-dil = [False, False, True] if a.os == 16 else [False, True, True]
-backbone = getattr(torchvision.models, f"resnet{a.depth}")(replace_stride_with_dilation=dil)
-body = nn.Sequential(*list(backbone.children())[:-2])
-aspp = ASPP(2048, rates, 256)
-aspp.project[-1] = nn.Identity()  # no dropout, as in the paper
-head = nn.Conv2d(256, 21, 1)
 class Net(nn.Module):
-    def __init__(s): super().__init__(); s.body, s.aspp, s.head = body, aspp, head
+    def __init__(s, body, aspp, head): super().__init__(); s.body, s.aspp, s.head = body, aspp, head
     def forward(s, x):
         y = s.head(s.aspp(s.body(x)))
         return nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
-net = Net()
+class Mobile(nn.Module):
+    def __init__(s, segmentation): super().__init__(); s.net = segmentation
+    def forward(s, x): return s.net(x)["out"]
 if a.model:
-    segmentation = getattr(torchvision.models.segmentation, a.model)(
-        weights=None, weights_backbone=None, num_classes=21)
-    class Mobile(nn.Module):
-        def __init__(s): super().__init__(); s.net = segmentation
-        def forward(s, x): return s.net(x)["out"]
-    net = Mobile()
+    net = Mobile(getattr(torchvision.models.segmentation, a.model)(
+        weights=None, weights_backbone=None, num_classes=21))
+else:
+    rates = [6, 12, 18] if a.os == 16 else [12, 24, 36]
+    dil = [False, False, True] if a.os == 16 else [False, True, True]
+    backbone = getattr(torchvision.models, f"resnet{a.depth}")(replace_stride_with_dilation=dil)
+    aspp = ASPP(2048, rates, 256)
+    aspp.project[-1] = nn.Identity()  # no dropout, as in the paper
+    net = Net(nn.Sequential(*list(backbone.children())[:-2]), aspp, nn.Conv2d(256, 21, 1))
 x = torch.randn(a.batch, 3, a.size, a.size)
 y = torch.randint(0, 21, (a.batch, a.size, a.size))
 if a.channels_last:
