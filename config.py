@@ -392,8 +392,8 @@ def parse_decoder_output_stride(text):
 
 def add_network_args(group):
     """The flags that choose the network (train.py and benchmark.py); see `network_from_args`."""
-    from libs.nets import variants
-    group.add_argument('--model-variant', choices=tuple(variants.VARIANTS), default=None,
+    from libs.nets.variant_names import VARIANT_NAMES  # without TensorFlow
+    group.add_argument('--model-variant', choices=VARIANT_NAMES, default=None,
                        help='the network (the reference DeepLab\'s names); default '
                             'resnet_v1_<--num-layers>')
     group.add_argument('--num-layers', type=int, default=None, choices=(50, 101, 152),
@@ -505,12 +505,6 @@ def parse_train_args(parser, argv=None, check_snapshot_dir=True):
             serve, as parameter-server tasks).
     """
     args = parser.parse_args(argv)
-    _network_of_reference_checkpoint(parser, args)
-    _depth_divisor_of_imagenet_checkpoint(args)
-    network = network_from_args(parser, args)
-    for name in ('model_variant', 'num_layers', 'depth_multiplier', 'depth_divisor',
-                 'multi_grid', 'atrous_rates', 'aspp_separable', 'decoder_output_stride'):
-        setattr(args, name, network[name])
     if args.min_scale > args.max_scale:
         parser.error(f'--min-scale {args.min_scale} is above --max-scale {args.max_scale}')
     if args.num_classes is not None and args.ignore_label < args.num_classes:
@@ -519,6 +513,13 @@ def parse_train_args(parser, argv=None, check_snapshot_dir=True):
     if args.keep_best and not args.val_split:
         parser.error('--keep-best needs --val-split: the best checkpoint is the one of the best '
                      'val mIoU')
+    # The network's checks read the variants' table (and checkpoints): TensorFlow starts here.
+    _network_of_reference_checkpoint(parser, args)
+    _depth_divisor_of_imagenet_checkpoint(args)
+    network = network_from_args(parser, args)
+    for name in ('model_variant', 'num_layers', 'depth_multiplier', 'depth_divisor',
+                 'multi_grid', 'atrous_rates', 'aspp_separable', 'decoder_output_stride'):
+        setattr(args, name, network[name])
     if check_snapshot_dir:
         check_outputs(parser, args, folders=('snapshot_dir',))
     return args

@@ -323,3 +323,21 @@ def test_fine_tuning_to_other_classes_loads_all_but_the_classifier(mobilenet_che
     assert report.loaded == len(model.variables) - 2
     assert 'logits/semantic/* (2): the classifier of 21 classes; the model has 3' in \
         report.summary()
+
+
+@pytest.mark.parametrize('flags,named', [
+    (['--num-layers', '50', '--model-variant', 'xception_65'], '--num-layers 50 contradicts'),
+    (['--model-variant', 'mobilenet_v2', '--decoder-output-stride', '16'],
+     '--decoder-output-stride 16 must be below --output-stride 16'),
+    (['--model-variant', 'xception_65', '--multi-grid', '1,2'], 'xception_65 takes 3 rates'),
+    (['--model-variant', 'mobilenet_v2', '--depth-multiplier', '0.6'],
+     '--depth-multiplier 0.6: mobilenet_v2 takes'),
+])
+def test_a_network_the_variant_cannot_be_is_one_line(flags, named, tmp_path):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--snapshot-dir',
+                           str(tmp_path / 'run'), *flags], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith('train.py: error: ') and named in last, last
+    assert not (tmp_path / 'run').exists()

@@ -13,6 +13,7 @@ from libs.nets import mobilenet_v2
 from libs.nets.mobilenet_v2 import MobileNetV2
 from libs.utils.preprocessing import IMAGENET_MEAN, UNIT_RANGE, Preprocessing
 from libs.nets.resnet_v1 import UNITS_PER_BLOCK, ResNetV1
+from libs.nets.variant_names import VARIANT_NAMES
 from libs.nets.xception import Xception65
 
 
@@ -129,6 +130,9 @@ def _table():
 
 
 VARIANTS = _table()
+if tuple(VARIANTS) != VARIANT_NAMES:
+    raise ImportError(f'variant_names.VARIANT_NAMES {VARIANT_NAMES} is not the table\'s '
+                      f'{tuple(VARIANTS)}')
 
 
 def get(name):
