@@ -106,7 +106,10 @@ def test_ctrl_c_leaves_a_playable_video_of_the_frames_done(trained_run, tmp_path
     process = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, 'predict.py'), '--restore-from', trained_run.run_dir,
          '--input', str(tmp_path / 'long.avi'), '--output-dir', str(out)],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True, bufsize=1)
+        cwd=ROOT, stderr=subprocess.PIPE, text=True, bufsize=1,
+        # SIGINT as a terminal delivers it: a suite started in the background passes it on to
+        # its children as ignored, and Python keeps ignoring it (as test_robustness's Ctrl-C).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = ''
     while not any(int(n) >= 5 for n in re.findall(r'(\d+)/400 ', seen)):
         char = process.stderr.read(1)
