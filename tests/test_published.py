@@ -110,6 +110,8 @@ def test_reference_checkpoint_is_described_and_loaded_whole(mobilenet_checkpoint
     prefix, values = mobilenet_checkpoint
     lines = []
     model, config, loaded_prefix, step = checkpoints.load_trained_model(prefix, log=lines.append)
+    # The unpacked tarball's folder names it too: it holds one checkpoint and no state file.
+    assert checkpoints.resolve_checkpoint(os.path.dirname(prefix)) == prefix
     assert (config.model_variant, config.atrous_rates, config.decoder_output_stride,
             config.num_classes, config.output_stride) == ('mobilenet_v2', (), None, 21, 16)
     assert config.class_names[15] == 'person' and step == 30000 and loaded_prefix == prefix

@@ -27,15 +27,25 @@ def _depth_by_conv_count():
 
 
 def resolve_checkpoint(path):
-    """A checkpoint prefix from a snapshot dir (its latest checkpoint) or a prefix.
+    """A checkpoint prefix from a snapshot dir (its latest checkpoint), a folder holding one
+    checkpoint without a state file (an unpacked tarball of the reference's model zoo), or a
+    prefix.
 
     Raises:
-        FileNotFoundError: naming the path, when it holds no checkpoint.
+        FileNotFoundError: naming the path, when it holds no checkpoint, or several and no
+            `checkpoint` state file to choose.
     """
     if os.path.isdir(path):
         prefix = tf.train.latest_checkpoint(path)
         if prefix is None:
-            raise FileNotFoundError(f'{path} holds no checkpoint (no `checkpoint` state file)')
+            prefixes = sorted(name[:-len('.index')] for name in os.listdir(path)
+                              if name.endswith('.index'))
+            if len(prefixes) != 1:
+                raise FileNotFoundError(
+                    f'{path} holds no checkpoint (no `checkpoint` state file' +
+                    (f'; {len(prefixes)} checkpoints: {", ".join(prefixes[:3])}: pass one '
+                     'prefix)' if prefixes else ')'))
+            prefix = os.path.join(path, prefixes[0])
         return prefix
     if not os.path.isfile(path + '.index'):
         raise FileNotFoundError(
