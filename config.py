@@ -474,7 +474,11 @@ def _network_of_reference_checkpoint(parser, args):
         if getattr(args, name) is None:
             setattr(args, name, found[name])
     if args.decoder_output_stride is None:
-        args.decoder_output_stride = found['decoder_output_stride'] or 0
+        try:
+            args.decoder_output_stride = published.check_decoder_output_stride(
+                prefix, found, None) or 0
+        except ValueError as e:
+            parser.error(f'--restore-from: {e}')
 
 
 def _depth_divisor_of_imagenet_checkpoint(args):

@@ -366,3 +366,18 @@ def test_a_network_the_variant_cannot_be_is_one_line(flags, named, tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith('train.py: error: ') and named in last, last
     assert not (tmp_path / 'run').exists()
+
+
+def test_an_ambiguous_decoder_end_point_needs_the_flag():
+    """Xception-65's end points at output strides 8 and 16 both have 728 channels: a decoder
+    projecting 728 could take either, and --decoder-output-stride decides."""
+    found = {'decoder_strides': (8, 16), 'decoder_output_stride': None}
+    with pytest.raises(ValueError, match='fits the end points at output strides 8, 16: pass '
+                                         '--decoder-output-stride'):
+        published.check_decoder_output_stride('ckpt', found, None)
+    assert published.check_decoder_output_stride('ckpt', found, 16) == 16
+    with pytest.raises(ValueError, match='--decoder-output-stride 4: the decoder of ckpt takes '
+                                         'the end point at output stride 8 or 16'):
+        published.check_decoder_output_stride('ckpt', found, 4)
+    assert published.check_decoder_output_stride(
+        'ckpt', {'decoder_strides': (4,), 'decoder_output_stride': 4}, None) == 4

@@ -77,7 +77,10 @@ def describe(prefix, shapes=None):
 
     Returns:
         dict of `TrainConfig` network fields (model_variant, num_layers, depth_multiplier,
-        multi_grid, atrous_rates, aspp_separable, decoder_output_stride) and 'checkpoint_classes'.
+        multi_grid, atrous_rates, aspp_separable, decoder_output_stride), 'checkpoint_classes',
+        and 'decoder_strides': the decoder output strides whose end point has the depth the
+        checkpoint's decoder projects (one when it can be told, several when not: then
+        decoder_output_stride is None and --decoder-output-stride decides).
     Raises:
         ValueError: naming what was found, when a part cannot be told.
     """
@@ -97,38 +100,50 @@ def describe(prefix, shapes=None):
     branches = 0
     while any(f'aspp{branches + 1}{kind}' in tops for kind in ('', '_depthwise')):
         branches += 1
-    values['aspp_separable'] = f'aspp1_depthwise' in tops
+    values['aspp_separable'] = 'aspp1_depthwise' in tops
     if branches == 0:
         values['atrous_rates'] = ()
     elif branches == len(RATES_AT_OS16):
         values['atrous_rates'] = RATES_AT_OS16
     else:
         values['atrous_rates'] = None  # told by --atrous-rates
-    values['decoder_output_stride'] = None
+    values['decoder_output_stride'], values['decoder_strides'] = None, ()
     projection = shapes.get('decoder/feature_projection0/weights')
     if projection:
-        values['decoder_output_stride'] = _decoder_output_stride(prefix, variant, values,
-                                                                 projection[2])
+        values['decoder_strides'] = _decoder_strides(prefix, variant, values, projection[2])
+        if len(values['decoder_strides']) == 1:
+            values['decoder_output_stride'] = values['decoder_strides'][0]
     if LOGITS not in shapes:
         raise ValueError(f'checkpoint {prefix} has no {LOGITS}: not a DeepLab checkpoint')
     values['checkpoint_classes'] = shapes[LOGITS][0]
     return values
 
 
-def _decoder_output_stride(prefix, variant, values, channels):
-    """The decoder output stride whose end point has `channels` channels."""
+def _decoder_strides(prefix, variant, values, channels):
+    """The decoder output strides whose end point has `channels` channels."""
     probe = DeepLabV3(num_classes=1, model_variant=variant.name,
                       depth_multiplier=values['depth_multiplier'],
                       depth_divisor=values['depth_divisor'], atrous_rates=())
-    strides = [stride for stride, end_point in sorted(variant.decoder_end_points.items())
-               if probe.backbone.low_level_channels(end_point) == channels]
-    if len(strides) != 1:
-        raise ValueError(
-            f'checkpoint {prefix}: the decoder projects {channels} channels, which '
-            + ('no end point of ' + variant.name + ' has' if not strides else
-               f'the end points at output strides {", ".join(map(str, strides))} have; pass '
-               '--decoder-output-stride'))
-    return strides[0]
+    strides = tuple(stride for stride, end_point in sorted(variant.decoder_end_points.items())
+                    if probe.backbone.low_level_channels(end_point) == channels)
+    if not strides:
+        raise ValueError(f'checkpoint {prefix}: the decoder projects {channels} channels, which '
+                         f'no end point of {variant.name} has')
+    return strides
+
+
+def check_decoder_output_stride(prefix, found, decoder_output_stride):
+    """The decoder output stride of a described checkpoint (`describe`), given
+    `--decoder-output-stride` (or None); ValueError naming the flag where it must decide."""
+    strides = found['decoder_strides']
+    if decoder_output_stride and strides and decoder_output_stride not in strides:
+        raise ValueError(f'--decoder-output-stride {decoder_output_stride}: the decoder of '
+                         f'{prefix} takes the end point at output stride '
+                         f'{" or ".join(map(str, strides))}')
+    if len(strides) > 1 and not decoder_output_stride:
+        raise ValueError(f'checkpoint {prefix}: its decoder fits the end points at output '
+                         f'strides {", ".join(map(str, strides))}: pass --decoder-output-stride')
+    return decoder_output_stride or found['decoder_output_stride']
 
 
 def reference_config(prefix, dataset=None, output_stride=16, atrous_rates=None,
@@ -148,14 +163,15 @@ def reference_config(prefix, dataset=None, output_stride=16, atrous_rates=None,
         ValueError: one line naming what was found and the flag that decides.
     """
     values = describe(prefix)
+    values['decoder_output_stride'] = check_decoder_output_stride(prefix, values,
+                                                                  decoder_output_stride)
+    del values['decoder_strides']
     classes = values.pop('checkpoint_classes')
     if values['atrous_rates'] is None:
         if atrous_rates is None:
             raise ValueError(f'checkpoint {prefix} has ASPP branches of rates the checkpoint '
                              'does not tell: pass --atrous-rates (at output stride 16)')
         values['atrous_rates'] = tuple(atrous_rates)
-    if decoder_output_stride:
-        values['decoder_output_stride'] = decoder_output_stride
     if dataset is None:
         matches = [d for d in DATASETS.values() if d.checkpoint_classes == classes]
         if len(matches) != 1:
