@@ -105,7 +105,8 @@ def _table():
         table[name] = Variant(name, f'resnet_v1_{depth}', f'resnet_v1_{depth}/conv1_1/weights',
                               UNIT_RANGE, _resnet(depth, True),
                               _resnet_end_points(depth), (1, 2, 4), RATES_AT_OS16, False, None,
-                              f'model.ckpt (the reference DeepLab\'s {name}_imagenet.tar.gz)',
+                              f'model.ckpt (the reference DeepLab\'s '
+                              f'resnet_v1_{depth}_2018_05_04.tar.gz)',
                               num_layers=depth)
     table['mobilenet_v2'] = Variant(
         'mobilenet_v2', 'MobilenetV2', 'MobilenetV2/Conv/weights', UNIT_RANGE, _mobilenet_v2,
@@ -125,7 +126,7 @@ def _table():
          for stride, unit in ((4, 'entry_flow/block2'), (8, 'entry_flow/block3'),
                               (16, 'exit_flow/block1'))},
         (1, 1, 1), RATES_AT_OS16, True, 4,
-        'model.ckpt (the reference DeepLab\'s xception_65_imagenet.tar.gz)')
+        'model.ckpt (the reference DeepLab\'s deeplabv3_xception_2018_01_04.tar.gz)')
     return table
 
 
