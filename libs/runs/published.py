@@ -4,8 +4,9 @@ networks `libs/nets` builds under the same variable names.
 
 What a checkpoint holds tells the network: the backbone (by its first convolution's variable
 name, `Variant.signature`: the beta ResNets' is `conv1_1`), MobileNetV2's depth multiplier and
-depth rounding (`Variant.depth_of_checkpoint`), the ASPP kind and branch count (`aspp<i>` or `aspp<i>_depthwise`), the decoder (`decoder/...`, its output
-stride from the depth of the low-level features it projects) and the class count
+depth rounding (`Variant.depth_of_checkpoint`), the ASPP kind and branch count (`aspp<i>` or
+`aspp<i>_depthwise`), the decoder (`decoder/...`, its output stride from the depth of the
+low-level features it projects) and the class count
 (`logits/semantic/biases`). The class names come from the dataset whose class count it has (21:
 PASCAL VOC, 19: Cityscapes, 151: ADE20K), or from `--dataset` or the records. The reference's
 ADE20K checkpoints have 151 logits, the first for the pixels its evaluation ignores; this project's
@@ -175,9 +176,10 @@ def reference_config(prefix, dataset=None, output_stride=16, atrous_rates=None,
     if dataset is None:
         matches = [d for d in DATASETS.values() if d.checkpoint_classes == classes]
         if len(matches) != 1:
+            known = ', '.join(f'{d.name} ({d.checkpoint_classes})' for d in DATASETS.values())
             raise ValueError(f'checkpoint {prefix} has {classes} classes, which is none of '
-                             f'{", ".join(f"{d.name} ({d.checkpoint_classes})" for d in DATASETS.values())}: '
-                             'pass --dataset or the records (--data-dir) it was trained on')
+                             f'{known}: pass --dataset or the records (--data-dir) it was '
+                             'trained on')
         reference = matches[0]
     else:
         reference = DATASETS[dataset]
