@@ -87,11 +87,7 @@ class Conv2D(tf.Module):
     def __init__(self, scope, kernel_size, in_channels, out_channels, rng, use_bias=False,
                  padding='fixed', stddev=None):
         super().__init__(name=None)
-        if padding not in PADDINGS:
-            raise ValueError(f'{scope}: padding must be one of {PADDINGS}, got {padding!r}')
-        self.scope = scope
-        self.kernel_size = kernel_size
-        self.padding = padding
+        self.scope, self.kernel_size, self.padding = scope, kernel_size, _checked(padding, scope)
         shape = [kernel_size, kernel_size, in_channels, out_channels]
         self.kernel = tf.Variable(
             slim_variance_scaling(shape, rng) if stddev is None
@@ -102,7 +98,8 @@ class Conv2D(tf.Module):
     def __call__(self, inputs, stride=1, rate=1):
         """Applies the convolution.
 
-        Stride 1 uses SAME padding (any rate); stride > 1 pads like `conv2d_same` and uses VALID.
+        Stride 1 uses SAME padding (any rate); stride > 1 pads as `padding` says
+        (`_strided_input`).
 
         Args:
             inputs: [B, H, W, in].
@@ -117,21 +114,28 @@ class Conv2D(tf.Module):
         elif stride == 1:
             outputs = tf.nn.conv2d(inputs, kernel, 1, 'SAME')
         else:
-            _check_not_strided_and_atrous(self.scope, stride, rate)
-            if self.padding == 'same':
-                outputs = tf.nn.conv2d(inputs, kernel, stride, 'SAME')
-            else:
-                outputs = tf.nn.conv2d(fixed_padding(inputs, self.kernel_size), kernel, stride,
-                                       'VALID')
+            inputs, padding = _strided_input(self, inputs, stride, rate)
+            outputs = tf.nn.conv2d(inputs, kernel, stride, padding)
         if self.bias is not None:
             outputs = tf.nn.bias_add(outputs, tf.cast(self.bias, outputs.dtype))
         return outputs
 
 
-def _check_not_strided_and_atrous(scope, stride, rate):
+def _checked(padding, scope):
+    if padding not in PADDINGS:
+        raise ValueError(f'{scope}: padding must be one of {PADDINGS}, got {padding!r}')
+    return padding
+
+
+def _strided_input(conv, inputs, stride, rate):
+    """(inputs, TensorFlow padding) of a strided convolution `conv` (`Conv2D` or
+    `DepthwiseConv2D`): padded like slim's `conv2d_same` then 'VALID', or TensorFlow's 'SAME'."""
     if rate != 1:
-        raise ValueError(f'{scope}: a strided conv cannot also be atrous '
+        raise ValueError(f'{conv.scope}: a strided conv cannot also be atrous '
                          f'(stride={stride}, rate={rate})')
+    if conv.padding == 'same':
+        return inputs, 'SAME'
+    return fixed_padding(inputs, conv.kernel_size), 'VALID'
 
 
 class DepthwiseConv2D(tf.Module):
@@ -140,11 +144,7 @@ class DepthwiseConv2D(tf.Module):
 
     def __init__(self, scope, kernel_size, channels, rng, padding='fixed', stddev=0.33):
         super().__init__(name=None)
-        if padding not in PADDINGS:
-            raise ValueError(f'{scope}: padding must be one of {PADDINGS}, got {padding!r}')
-        self.scope = scope
-        self.kernel_size = kernel_size
-        self.padding = padding
+        self.scope, self.kernel_size, self.padding = scope, kernel_size, _checked(padding, scope)
         self.kernel = tf.Variable(
             truncated_normal([kernel_size, kernel_size, channels, 1], stddev, rng),
             name=f'{scope}/depthwise_weights')
@@ -157,11 +157,7 @@ class DepthwiseConv2D(tf.Module):
             outputs = tf.nn.depthwise_conv2d(inputs, kernel, [1, 1, 1, 1], 'SAME',
                                              dilations=[rate, rate])
         else:
-            _check_not_strided_and_atrous(self.scope, stride, rate)
-            if self.padding == 'fixed':
-                inputs, padding = fixed_padding(inputs, self.kernel_size), 'VALID'
-            else:
-                padding = 'SAME'
+            inputs, padding = _strided_input(self, inputs, stride, rate)
             outputs = tf.nn.depthwise_conv2d(inputs, kernel, [1, stride, stride, 1], padding)
         if self.bias is not None:
             outputs = tf.nn.bias_add(outputs, tf.cast(self.bias, outputs.dtype))
