@@ -155,9 +155,11 @@ def predict_files(predictor, paths, output_dir, class_names, overlay=False, prog
         try:
             prediction = predictor.predict(
                 input_pipeline.normalize(image, predictor.preprocessing)).numpy()
-        except tf.errors.OpError as e:  # e.g. out of memory for a huge photo
-            failures.append((path, f'prediction failed: {e.message}'))
-            log(f'skipped {path}: prediction failed: {e.message}')
+        except (tf.errors.OpError, ValueError) as e:
+            # e.g. out of memory for a huge photo, or a photo larger than --eval-crop-size
+            message = getattr(e, 'message', str(e))
+            failures.append((path, f'prediction failed: {message}'))
+            log(f'skipped {path}: prediction failed: {message}')
             continue
         outputs = image_io.output_paths(path, output_dir, overlay)
         if label_ids is not None:
