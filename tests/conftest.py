@@ -1,4 +1,7 @@
-"""Shared test set-up: quiet TensorFlow, the repo root importable, CPU only."""
+"""Shared test set-up: quiet TensorFlow, the repo root importable, CPU only, and the test
+process's memory handed back after each test."""
+import ctypes
+import gc
 import os
 import subprocess
 import sys
@@ -8,6 +11,11 @@ import pytest
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+# oneDNN's own allocator pools every large buffer and keeps the pool at the largest size it ever
+# held; in one process running hundreds of tests that high-water mark only grows. The system
+# allocator returns freed buffers (docs/performance.md, "The suite's memory"). Subprocesses
+# inherit it. Numerics do not depend on it.
+os.environ.setdefault('TF_ONEDNN_USE_SYSTEM_ALLOCATOR', '1')
 
 import tensorflow as tf  # noqa: E402
 
@@ -17,6 +25,15 @@ tf.config.threading.set_inter_op_parallelism_threads(1)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+_LIBC = ctypes.CDLL('libc.so.6') if sys.platform.startswith('linux') else None
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Frees what the test left (TensorFlow's graphs sit in reference cycles) and gives the
+    freed heap back to the system, so that the next test starts from the same resident size."""
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 @pytest.fixture(scope='session')
