@@ -6,8 +6,9 @@ For each configuration, two steps:
      from the user's checkout of `research/`, in TF1 graph mode on TF-slim; sets every variable
      to random non-trivial values (batch norm's moving statistics near the image's own, from one
      pass of the same graph in training mode, so that activations stay O(1)); saves them as the
-     reference's train.py does (`model.ckpt-N` with `global_step`); runs a fixed random image of OS*k + 1 pixels (odd, not square); saves
-     its logits (before upsampling and upsampled to the image), probabilities and argmax;
+     reference's train.py does (`model.ckpt-N` with `global_step`); runs a fixed random image
+     of OS*k + 1 pixels (odd, not square); saves its logits (before upsampling and upsampled
+     to the image), probabilities and argmax;
   b. this process loads that checkpoint with `load_trained_model` (the reference checkpoint is
      recognised by its names) and predicts the same image with this project's inference path
      (`MultiScalePredictor`, scale 1, no flip; logits via the model and `upsample_logits`, as
