@@ -25,7 +25,17 @@ tf.config.threading.set_inter_op_parallelism_threads(1)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+from libs.utils.custom_gradients import released_custom_gradients  # noqa: E402
+
 _LIBC = ctypes.CDLL('libc.so.6') if sys.platform.startswith('linux') else None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    """Releases the custom gradients the test's traced steps registered, which would keep their
+    graphs and weights for the rest of the session (libs/utils/custom_gradients.py)."""
+    with released_custom_gradients():
+        yield
 
 
 def pytest_runtest_teardown(item, nextitem):

@@ -31,6 +31,7 @@ from libs.training.background_validation import BackgroundValidation
 from libs.training.initial_weights import initialise, run_checkpoint
 from libs.training.step import build_optimizer, build_train_step
 from libs.training.step_queue import StepQueue
+from libs.utils.custom_gradients import released_custom_gradients
 
 CHECKPOINT_NAME = 'model'
 
@@ -151,6 +152,13 @@ def train(config, strategy=None, coordinator=None, log: Callable[[str], None] = 
         ValueError: a batch that does not split over the replicas, a snapshot dir whose run
             had another architecture or settings that a resume may not change.
     """
+    # The step's traced graphs hold the model and its optimiser slots through the custom
+    # gradients they register; released when the run returns (libs/utils/custom_gradients.py).
+    with released_custom_gradients():
+        return _train(config, strategy, coordinator, log, writes, stop, loss_scale)
+
+
+def _train(config, strategy, coordinator, log, writes, stop, loss_scale):
     strategy = strategy or tf.distribute.get_strategy()
     config, train_files, val_files, changed = _prepare(config, strategy, log)
     run = _Run(config, strategy, coordinator, log, writes, loss_scale, train_files, val_files)
