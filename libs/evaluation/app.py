@@ -79,22 +79,24 @@ def build_demo(predictor, class_names, class_colors, work_dir, title, descriptio
     """
     import gradio as gr
 
-    def run(path):
-        if path is None:  # the photo was cleared
+    def run(upload):
+        # `upload` is Gradio's record of the file (preprocess=False below): {'path': ..., ...}.
+        if upload is None:  # the photo was cleared
             return None, None, None, None
+        path = upload.get('path')
+        if path is None:
+            raise gr.Error('no image file arrived; upload it again', print_exception=False)
         try:
             return segment(predictor, path, class_names, class_colors, work_dir)
         except prediction.ImageFailure as e:
             # The message is shown as HTML: a file name such as <a>.png stays text.
-            raise gr.Error(html.escape(f'{os.path.basename(path)}: {e}'),
+            raise gr.Error(html.escape(f'{os.path.basename(path)}: {e}', quote=False),
                            print_exception=False) from None
 
     # Hour-old files are removed from Gradio's cache every hour: a demo left running stays small.
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f'# {title}\n\n{description}')
         with gr.Row():
-            # A file path, not pixels: the file is read as predict.py reads it (EXIF orientation,
-            # any mode), so the page and predict.py see the same image.
             photo = gr.Image(sources=['upload', 'webcam'], type='filepath', label='Photo')
             # PNG: the class colours arrive exact (Gradio's default, WebP, is lossy).
             overlay = gr.Image(label='Overlay and legend', format='png', interactive=False)
@@ -105,6 +107,9 @@ def build_demo(predictor, class_names, class_colors, work_dir, title, descriptio
                                      interactive=False)
                 class_map = gr.File(label='Class map: palette PNG of class indices, as '
                                           'predict.py writes it', interactive=False)
+        # No preprocessing: the uploaded file itself is read as predict.py reads it (EXIF
+        # orientation, any mode), so the page and predict.py see the same pixels; and a file
+        # Pillow cannot open gets `segment`'s one-line reason, not Gradio's wrapped traceback.
         photo.change(run, inputs=photo, outputs=[overlay, mask, class_map, table],
-                     api_name='segment')
+                     api_name='segment', preprocess=False)
     return demo
