@@ -65,8 +65,8 @@ def build_demo(predictor, class_names, class_colors, work_dir, title, descriptio
     """The Gradio page.
 
     One event, `/segment` (also what `gradio_client` calls): image file -> overlay with legend,
-    colour mask, class map PNG, table of the classes present. Gradio's default concurrency of one
-    per event keeps one prediction at a time, which is what a CPU model affords.
+    colour mask, class map PNG, table of the classes present. One prediction runs at a time
+    (others queue), which is what a CPU model affords.
 
     Args:
         predictor, class_names, class_colors: as `segment`.
@@ -99,9 +99,13 @@ def build_demo(predictor, class_names, class_colors, work_dir, title, descriptio
         with gr.Row():
             photo = gr.Image(sources=['upload', 'webcam'], type='filepath', label='Photo')
             # PNG: the class colours arrive exact (Gradio's default, WebP, is lossy).
-            overlay = gr.Image(label='Overlay and legend', format='png', interactive=False)
+            # No buttons: Gradio's toolbar sits over the image's top right, on the legend's
+            # first row, even a single one (the browser's "Save image as" remains).
+            overlay = gr.Image(label='Overlay and legend', format='png', interactive=False,
+                               buttons=[])
         with gr.Row():
-            mask = gr.Image(label='Colour mask', format='png', interactive=False)
+            mask = gr.Image(label='Colour mask', format='png', interactive=False,
+                            buttons=['download', 'fullscreen'])
             with gr.Column():
                 table = gr.Dataframe(headers=TABLE_HEADERS, label='Classes present',
                                      interactive=False)
@@ -111,5 +115,5 @@ def build_demo(predictor, class_names, class_colors, work_dir, title, descriptio
         # orientation, any mode), so the page and predict.py see the same pixels; and a file
         # Pillow cannot open gets `segment`'s one-line reason, not Gradio's wrapped traceback.
         photo.change(run, inputs=photo, outputs=[overlay, mask, class_map, table],
-                     api_name='segment', preprocess=False)
+                     api_name='segment', preprocess=False, concurrency_limit=1)
     return demo
