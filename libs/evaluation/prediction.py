@@ -119,6 +119,35 @@ def overlay_with_legend(image, label, class_names, class_colors=None, alpha=0.5)
     return np.asarray(canvas)
 
 
+class ImageFailure(Exception):
+    """One image could not be predicted; the message says why, in one line."""
+
+
+def predict_file(predictor, path):
+    """Reads one image file upright (`image_io.read_rgb`) and predicts its class map.
+
+    Args:
+        predictor: as `predict_files`'.
+        path: an image file.
+    Returns:
+        (uint8 array [H, W, 3], the upright photo; int array [H, W], its class indices).
+    Raises:
+        ImageFailure: 'cannot read image: ...' or 'prediction failed: ...'.
+    """
+    try:
+        image = image_io.read_rgb(path)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        # Pillow signals a broken file with OSError, or SyntaxError for some broken headers.
+        raise ImageFailure(f'cannot read image: {e}') from None
+    try:
+        prediction = predictor.predict(
+            input_pipeline.normalize(image, predictor.preprocessing)).numpy()
+    except (tf.errors.OpError, ValueError) as e:
+        # e.g. out of memory for a huge photo, or a photo larger than --eval-crop-size
+        raise ImageFailure(f'prediction failed: {getattr(e, "message", str(e))}') from None
+    return image, prediction
+
+
 def predict_files(predictor, paths, output_dir, class_names, overlay=False, progress=True,
                   log=None, class_colors=None, label_ids=None):
     """Predicts image files one by one; an unreadable file is reported and skipped.
@@ -146,20 +175,10 @@ def predict_files(predictor, paths, output_dir, class_names, overlay=False, prog
     for path in tqdm(paths, file=sys.stderr, disable=not progress or len(paths) < 2,
                      desc='predict', unit='img'):
         try:
-            image = image_io.read_rgb(path)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            # Pillow signals a broken file with OSError, or SyntaxError for some broken headers.
-            failures.append((path, f'cannot read image: {e}'))
-            log(f'skipped {path}: cannot read image: {e}')
-            continue
-        try:
-            prediction = predictor.predict(
-                input_pipeline.normalize(image, predictor.preprocessing)).numpy()
-        except (tf.errors.OpError, ValueError) as e:
-            # e.g. out of memory for a huge photo, or a photo larger than --eval-crop-size
-            message = getattr(e, 'message', str(e))
-            failures.append((path, f'prediction failed: {message}'))
-            log(f'skipped {path}: prediction failed: {message}')
+            image, prediction = predict_file(predictor, path)
+        except ImageFailure as e:
+            failures.append((path, str(e)))
+            log(f'skipped {path}: {e}')
             continue
         outputs = image_io.output_paths(path, output_dir, overlay)
         if label_ids is not None:
