@@ -137,7 +137,7 @@ def test_chief_trains_through_a_lost_worker_then_resumes(records, cluster, tmp_p
     # The lost worker restarted with the same command rejoins; the chief re-run resumes.
     c.start('worker', 1)
     status, output = c.chief(train_args(records, run_dir, 14, save_every=10)
-                             + ['--val-split', 'val', '--log-every', '1'])
+                             + ['--val-split', 'val', '--log-every', '1', '--keep-best'])
     assert status == 0, output[-4000:]
     assert re.search(r'Resuming from \S+model-8 at step 8', output), output[-4000:]
     assert 'Done: step 14' in output
@@ -146,6 +146,13 @@ def test_chief_trains_through_a_lost_worker_then_resumes(records, cluster, tmp_p
     # first call traces the predictor, seconds, while a step takes well under one).
     assert output.index('step 11/14') < output.index('step 10  val mIoU'), output[-4000:]
     assert output.index('step 10  val mIoU') < output.index('Done: step 14')
+    # --keep-best: the chief's validation thread keeps the best of steps 10 and 14 in best/.
+    mious = {int(s): float(m) for s, m in re.findall(r'step (\d+)  val mIoU ([\d.]+)', output)}
+    assert sorted(mious) == [10, 14], output[-4000:]
+    with open(os.path.join(run_dir, 'best', 'best.json')) as f:
+        best = json.load(f)
+    assert best['step'] == max(mious, key=lambda s: (mious[s], -s)), (best, mious)
+    assert os.path.isfile(os.path.join(run_dir, 'best', f'model-{best["step"]}.index'))
     # The share of time the workers ran steps, exact at each checkpoint (nothing in flight).
     busy = re.findall(r'step (\d+): the workers were busy (\d+)% of the time', output)
     assert [step for step, _ in busy] == ['10', '14'], output[-4000:]

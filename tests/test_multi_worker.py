@@ -14,6 +14,7 @@ two, 64% after four), so a comparison with train.py over several steps would com
 Every launcher is stopped by its pid in a `finally` block; its workers end with it
 (`PR_SET_PDEATHSIG`).
 """
+import json
 import os
 import re
 import signal
@@ -51,7 +52,7 @@ def train_args(records, run_dir):
     return ['--data-dir', records, '--split-name', 'train', '--num-layers', '50',
             '--batch-size', '2', '--input-size', '33', '--num-steps', str(NUM_STEPS),
             '--bn-decay', '0.5', '--log-every', '1', '--save-pred-every', '1000',
-            '--val-split', 'val', '--snapshot-dir', run_dir]
+            '--val-split', 'val', '--keep-best', '--snapshot-dir', run_dir]
 
 
 class Launch:
@@ -211,6 +212,9 @@ def test_sync_workers_stop_together_name_a_lost_worker_resume_and_equal_one_proc
         assert f'Done: step {NUM_STEPS}' in output
         # Worker 0 validated (a copy of the model loaded from the checkpoint it saved).
         assert re.search(rf'^step {NUM_STEPS}  val mIoU \S+ over 1 images', output, re.M), output
+        # --keep-best under the synchronous workers: worker 0 kept the validated checkpoint.
+        with open(os.path.join(run_dir, 'best', 'best.json')) as f:
+            assert json.load(f)['step'] == NUM_STEPS
         assert checkpoint_step(run_dir) == NUM_STEPS
     finally:
         for one in launches:
