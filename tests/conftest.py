@@ -38,6 +38,13 @@ def pytest_runtest_call(item):
         yield
 
 
+def pytest_collection_finish(session):
+    """Moves everything imported so far (TensorFlow's ~350 000 objects) out of the collector's
+    reach: the collection after each test then takes ~0.01 s instead of ~0.25 s."""
+    gc.collect()
+    gc.freeze()
+
+
 def pytest_runtest_teardown(item, nextitem):
     """Frees what the test left (TensorFlow's graphs sit in reference cycles) and gives the
     freed heap back to the system, so that the next test starts from the same resident size."""
