@@ -41,6 +41,10 @@ alike):
   `--input-size` (OS*k + 1), interleaved with the evaluate path in float32 and bfloat16 on the
   same image; the step is int8's, and `seconds_by_path` has every path.
 
+The inference and tflite modes run with oneDNN's frozen weights, as evaluate.py and predict.py do
+(`libs/utils/frozen_weights.py`); `TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=0` in the environment times
+them without.
+
 `--precision` (inference and train) is the dtype the network computes in, through the scripts'
 own path: `MultiScalePredictor(compute_dtype=...)`, the train step of a `TrainConfig(precision=...)`
 (float16 with its dynamic loss scale; float16 is refused without a GPU).
@@ -64,6 +68,7 @@ import tempfile
 import time
 
 import config as config_lib
+from libs.utils.frozen_weights import assume_frozen_weights
 
 MODES = ('inference', 'train', 'input', 'convert', 'tflite')
 
@@ -425,7 +430,7 @@ def run(args):
         'restore_from': args.restore_from, 'output_stride': args.output_stride,
         'input_size': args.input_size, 'batch_size': args.batch_size, 'steps': args.steps,
         'threads': threads, 'inter_op_threads': args.inter_op_threads,
-        'precision': args.precision,
+        'precision': args.precision, 'frozen_weights': args.frozen_weights,
         'seconds_per_step': seconds, 'step_time_statistic': 'mean' if args.mode == 'input'
         else 'median', 'step_times': [round(t, 4) for t in times],
         'images_per_sec': images_per_step / seconds,
@@ -455,7 +460,8 @@ def run(args):
 
 def _report(r):
     """The result as a few lines of text."""
-    lines = [f'{r["mode"]}: {r["device"]}, TensorFlow {r["tf_version"]}, {r["threads"]} threads',
+    lines = [f'{r["mode"]}: {r["device"]}, TensorFlow {r["tf_version"]}, {r["threads"]} threads'
+             + (', frozen weights' if r['frozen_weights'] else ''),
              f'  {r["seconds_per_step"]:.4f} s/step ({r["step_time_statistic"]} of {r["steps"]}), '
              f'{r["images_per_sec"]:.2f} images/s']
     if r['gflops_per_image'] is not None:
@@ -520,6 +526,9 @@ def build_network(args):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    # As evaluate.py and predict.py run (libs/utils/frozen_weights.py); before TensorFlow starts.
+    args.frozen_weights = (assume_frozen_weights() if args.mode in ('inference', 'tflite')
+                           else False)
     if args.restore_from:
         try:
             network = _network_of_checkpoint(args)

@@ -21,6 +21,7 @@ import threading
 
 import config as config_lib
 from libs.utils import filesystem
+from libs.utils.frozen_weights import assume_frozen_weights
 
 
 def parse_args(argv=None):
@@ -80,6 +81,7 @@ def main(argv=None):
     os.environ['GRADIO_ANALYTICS_ENABLED'] = 'False'
     os.environ['HF_HUB_OFFLINE'] = '1'
     os.environ['HF_HUB_DISABLE_TELEMETRY'] = '1'
+    assume_frozen_weights()  # before TensorFlow starts: this process only infers
     from libs.evaluation import app, prediction
     from libs.evaluation.inference import InferenceOptions
     from libs.nets.folding import FoldedDeepLabV3

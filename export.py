@@ -27,6 +27,7 @@ import sys
 
 import config as config_lib
 from libs.utils.filesystem import one_line_errors
+from libs.utils.frozen_weights import assume_frozen_weights
 
 
 def parse_args(argv=None):
@@ -87,6 +88,7 @@ def _calibration(args, run_config, preprocessing):
 @one_line_errors
 def main(argv=None):
     args = parse_args(argv)
+    assume_frozen_weights()  # before TensorFlow starts: this process only infers
     from libs.evaluation import onnx_export, serving, tflite
     from libs.evaluation.inference import InferenceOptions
     from libs.evaluation.prediction import class_colors_of, class_names_of

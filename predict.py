@@ -27,6 +27,7 @@ import sys
 
 import config as config_lib
 from libs.utils import filesystem
+from libs.utils.frozen_weights import assume_frozen_weights
 
 
 def parse_args(argv=None):
@@ -99,6 +100,7 @@ def parse_args(argv=None):
 @filesystem.one_line_errors
 def main(argv=None):
     args, paths = parse_args(argv)
+    assume_frozen_weights()  # before TensorFlow starts: this process only infers
     from libs.evaluation import prediction
     from libs.evaluation.inference import InferenceOptions
     from libs.nets.folding import FoldedDeepLabV3

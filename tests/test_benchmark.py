@@ -40,6 +40,8 @@ def test_benchmark_reports_positive_figures(mode):
     assert result['device'].startswith(('CPU', 'GPU'))
     assert result['tf_version'] == tf.__version__
     assert result['peak_rss_mb'] > 0
+    # As evaluate.py and predict.py run: oneDNN's frozen weights, never while training.
+    assert result['frozen_weights'] == (mode == 'inference')
     if mode in ('inference', 'train'):
         assert result['gflops_per_image'] > 0 and result['achieved_gflops_per_sec'] > 0
         # The share is of the ceiling measured in the precision the step ran in (train:

@@ -11,6 +11,7 @@ from PIL import Image
 import predict
 from libs.datasets import voc
 from libs.utils import image_io
+from libs.utils.frozen_weights import VARIABLE as FROZEN
 
 EXIF_ORIENTATION = 0x0112
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,8 +39,22 @@ def _write_inputs(folder):
 def test_predict_writes_palette_pngs_at_the_upright_input_size(trained_run, tmp_path):
     inputs = _write_inputs(tmp_path / 'in')
     out = tmp_path / 'out'
-    assert predict.main(['--restore-from', trained_run.run_dir, '--input', str(tmp_path / 'in'),
-                         '--output-dir', str(out), '--overlay']) == 0
+    flags = ['--restore-from', trained_run.run_dir, '--input', str(tmp_path / 'in'), '--scales',
+             '0.75,1', '--flip']
+    assert predict.main(flags + ['--output-dir', str(out), '--overlay']) == 0
+    # In a process that imported TensorFlow first (this one, which also trains), main() leaves
+    # oneDNN's frozen weights off; predict.py's own process turns them on
+    # (libs/utils/frozen_weights.py), and predicts the same class maps to the byte.
+    assert FROZEN not in os.environ
+    frozen = tmp_path / 'frozen'
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'predict.py'), *flags,
+                           '--output-dir', str(frozen)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in inputs:
+        stem = os.path.splitext(name)[0]
+        with open(out / f'{stem}.png', 'rb') as a, open(frozen / f'{stem}.png', 'rb') as b:
+            assert a.read() == b.read(), name
     for name, (height, width) in inputs.items():
         stem = os.path.splitext(name)[0]
         with Image.open(out / f'{stem}.png') as mask:
