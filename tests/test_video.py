@@ -76,6 +76,19 @@ def test_video_frames_are_predicted_as_images(trained_run, tmp_path):
     np.testing.assert_array_equal(tinted[3], visualize.overlay(frames[3], classes))
 
 
+def test_frames_larger_than_the_reference_canvas_are_refused_in_one_line(trained_run, tmp_path,
+                                                                         capsys):
+    _write_clip(tmp_path / 'clip.avi', 2)
+    out = tmp_path / 'out'
+    assert predict.main(['--restore-from', trained_run.run_dir, '--input',
+                         str(tmp_path / 'clip.avi'), '--output-dir', str(out),
+                         '--eval-crop-size', '33']) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'clip.avi'}: frame 1: an image of {HEIGHT}x{WIDTH} is larger than "
+        "the reference's canvas 33x33 (--eval-crop-size)")
+    assert os.listdir(out) == []  # nothing written, no temporary left
+
+
 def test_an_unreadable_video_is_refused_in_one_line(tmp_path, capsys):
     broken = tmp_path / 'broken.mp4'
     broken.write_bytes(b'not a video' * 100)

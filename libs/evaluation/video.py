@@ -128,8 +128,9 @@ def predict_video(predictor, path, output, class_colors=None, overlay=True, code
     Returns:
         `VideoResult`; on Ctrl-C the frames done so far are written and `interrupted` is True.
     Raises:
-        ValueError: the input cannot be read as a video, or `output` cannot be written with
-            `codec`.
+        ValueError: the input cannot be read as a video, `output` cannot be written with
+            `codec`, or the predictor refuses a frame (the message names the file and frame);
+            nothing is written then.
     """
     import cv2
     capture, info = open_video(path)
@@ -185,7 +186,10 @@ def predict_video(predictor, path, output, class_colors=None, overlay=True, code
             frame = decoded.get()
             if frame is _END:
                 break
-            rgb, label = predict_frame(predictor, frame)
+            try:
+                rgb, label = predict_frame(predictor, frame)
+            except ValueError as e:  # e.g. frames larger than --eval-crop-size's canvas
+                raise ValueError(f'{path}: frame {bar.n + 1}: {e}') from None
             painted.put(np.ascontiguousarray(
                 render(rgb, label, class_colors, overlay)[:height, :width, ::-1]))
             bar.update()
