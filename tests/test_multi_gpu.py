@@ -29,13 +29,15 @@ def explain(done):
 
 @pytest.fixture(scope='module')
 def records(tmp_path_factory):
-    """8 train images of 65-97 px, in 2 shards (one per replica's share of the input)."""
+    """8 train images of 65-97 px, in 2 shards (one per replica's share of the input); 2 val
+    images."""
     from libs.datasets.voc_conversion import convert_split
     from libs.datasets.sample import write_sample_dataset
     root = tmp_path_factory.mktemp('mirrored_data')
     write_sample_dataset(str(root / 'voc'), num_train=8, num_val=2, size_range=(65, 97), seed=3)
-    convert_split(str(root / 'voc'), 'train', str(root / 'records'), num_shards=2,
-                  num_workers=1, progress=False)
+    for split, shards in (('train', 2), ('val', 1)):
+        convert_split(str(root / 'voc'), split, str(root / 'records'), num_shards=shards,
+                      num_workers=1, progress=False)
     return str(root / 'records')
 
 
@@ -160,10 +162,15 @@ def test_train_multi_gpu_on_cpu_devices_checkpoints_logs_once_and_resumes(record
     command = [os.path.join(ROOT, 'train_multi_gpu.py'), '--cpu-devices', '2', '--no-sync-bn',
                '--data-dir', records, '--split-name', 'train', '--num-layers', '50',
                '--batch-size', '4', '--input-size', '33', '--num-steps', '2', '--log-every', '1',
-               '--save-pred-every', '2', '--snapshot-dir', run_dir]
+               '--save-pred-every', '2', '--val-split', 'val', '--keep-best',
+               '--snapshot-dir', run_dir]
     done = run(command)
     assert done.returncode == 0, explain(done)
     assert 'Training on 2 replicas' in done.stdout and 'batch norm per replica' in done.stdout
+    # --keep-best under the mirrored strategy: the validated step-2 checkpoint is in best/.
+    assert re.search(r'^step 2  val mIoU \S+ over 2 images', done.stdout, re.M), done.stdout
+    with open(os.path.join(run_dir, 'best', 'best.json')) as f:
+        assert json.load(f)['step'] == 2
     assert 'on 2 replica(s)' in done.stdout and 'global batch 4' in done.stdout
     # One process logs each line once (not once per replica).
     for step in (1, 2):
