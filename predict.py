@@ -103,14 +103,10 @@ def main(argv=None):
     assume_frozen_weights()  # before TensorFlow starts: this process only infers
     from libs.evaluation import prediction
     from libs.evaluation.inference import InferenceOptions
-    from libs.nets.folding import FoldedDeepLabV3
-    from libs.runs.checkpoints import load_trained_model
+    options = InferenceOptions.from_args(args)
     try:
-        model, run_config, prefix, step = load_trained_model(
-            args.restore_from, args.output_stride, config_lib.reference_hints(args))
-        options = InferenceOptions.from_args(args)
-        predictor = options.predictor(FoldedDeepLabV3(model), run_config.num_classes,
-                                      run_config.output_stride)
+        predictor, run_config, prefix, step = prediction.trained_predictor(
+            args.restore_from, options, args.output_stride, config_lib.reference_hints(args))
     except (ValueError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

@@ -16,6 +16,29 @@ from libs.datasets import input_pipeline, voc
 from libs.utils import image_io, messages, visualize
 
 
+def trained_predictor(restore_from, options, output_stride=None, reference=None):
+    """The predictor of a run or a published checkpoint, as predict.py and demo_app.py infer:
+    its model loaded (`checkpoints.load_trained_model`), batch norm folded in, `options`'
+    scales, flip, windows and precision.
+
+    Args:
+        restore_from: a run folder, a checkpoint prefix, or a reference checkpoint.
+        options: `inference.InferenceOptions`.
+        output_stride: overrides the run's.
+        reference: for a reference checkpoint, what it does not tell (`config.reference_hints`).
+    Returns:
+        (`MultiScalePredictor`, the run's `TrainConfig`, checkpoint prefix, global step or None).
+    Raises:
+        ValueError, FileNotFoundError: in one line, as `load_trained_model` and the options say.
+    """
+    from libs.nets.folding import FoldedDeepLabV3
+    from libs.runs.checkpoints import load_trained_model
+    model, run_config, prefix, step = load_trained_model(restore_from, output_stride, reference)
+    predictor = options.predictor(FoldedDeepLabV3(model), run_config.num_classes,
+                                  run_config.output_stride)
+    return predictor, run_config, prefix, step
+
+
 def class_names_of(run_config):
     """A run's class names: those its records' description gave (recorded in its config.json);
     for runs recorded before, VOC's for 21 classes, else `class_0`, `class_1`, ..."""
