@@ -16,8 +16,9 @@ from libs.datasets import input_pipeline, voc
 from libs.utils import image_io, messages, visualize
 
 
-def trained_predictor(restore_from, options, output_stride=None, reference=None):
-    """The predictor of a run or a published checkpoint, as predict.py and demo_app.py infer:
+def trained_predictor(restore_from, options, output_stride=None, reference=None, log=print):
+    """The predictor of a run or a published checkpoint, as evaluate.py, predict.py and
+    demo_app.py infer:
     its model loaded (`checkpoints.load_trained_model`), batch norm folded in, `options`'
     scales, flip, windows and precision.
 
@@ -26,6 +27,7 @@ def trained_predictor(restore_from, options, output_stride=None, reference=None)
         options: `inference.InferenceOptions`.
         output_stride: overrides the run's.
         reference: for a reference checkpoint, what it does not tell (`config.reference_hints`).
+        log: where what was read from a reference checkpoint is reported.
     Returns:
         (`MultiScalePredictor`, the run's `TrainConfig`, checkpoint prefix, global step or None).
     Raises:
@@ -33,7 +35,9 @@ def trained_predictor(restore_from, options, output_stride=None, reference=None)
     """
     from libs.nets.folding import FoldedDeepLabV3
     from libs.runs.checkpoints import load_trained_model
-    model, run_config, prefix, step = load_trained_model(restore_from, output_stride, reference)
+    model, run_config, prefix, step = load_trained_model(restore_from, output_stride, reference,
+                                                         log)
+    # Batch norm folded into the convolutions: the same logits, fewer ops (docs/performance.md).
     predictor = options.predictor(FoldedDeepLabV3(model), run_config.num_classes,
                                   run_config.output_stride)
     return predictor, run_config, prefix, step

@@ -8,11 +8,10 @@ from libs.datasets import description, input_pipeline, tfrecord
 from libs.evaluation import cityscapes_eval, metrics, report as report_lib
 from libs.evaluation.evaluator import evaluate_dataset, result_to_json_dict, write_json_atomic
 from libs.evaluation.inference import InferenceOptions
-from libs.evaluation.prediction import class_colors_of, class_names_of, label_id_table
+from libs.evaluation.prediction import (class_colors_of, class_names_of, label_id_table,
+                                        trained_predictor)
 from libs.evaluation.tflite import TFLitePredictor
 from libs.nets import variants
-from libs.nets.folding import FoldedDeepLabV3
-from libs.runs.checkpoints import load_trained_model
 
 
 def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=None,
@@ -56,8 +55,9 @@ def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=
         # The export holds the network: the run gives only its classes, not its weights.
         run_config, step = config_lib.load_run_config(restore_from), None
     else:
-        model, run_config, prefix, step = load_trained_model(restore_from, output_stride,
-                                                             reference, log)
+        predictor, run_config, prefix, step = trained_predictor(restore_from, options,
+                                                                output_stride, reference, log)
+        what = options.describe()
     class_names, class_colors = class_names_of(run_config), class_colors_of(run_config)
     check_records_fit_the_run(data_dir, split_name, files, run_config)
     if cityscapes_dir:
@@ -70,12 +70,6 @@ def evaluate_checkpoint(restore_from, data_dir, split_name='val', output_stride=
             raise ValueError(f'{tflite_model} has {predictor.num_classes} classes, the run '
                              f'{run_config.num_classes}')
         prefix, what = os.path.abspath(tflite_model), f'canvas {predictor.canvas_size}'
-    else:
-        # Batch norm folded into the convolutions: the same logits, fewer ops
-        # (docs/performance.md).
-        predictor = options.predictor(FoldedDeepLabV3(model), run_config.num_classes,
-                                      run_config.output_stride)
-        what = options.describe()
     log(f'Evaluating {prefix} (step {step}) on {split_name}: output stride '
         f'{run_config.output_stride}, {what}')
     image_scores = (report_lib.ImageScores(run_config.num_classes, run_config.ignore_label,
