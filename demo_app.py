@@ -13,6 +13,8 @@ only); another address needs --allow-remote, as the page has no login. Ctrl-C or
 """
 import ipaddress
 import os
+import re
+import shutil
 import signal
 import socket
 import sys
@@ -22,6 +24,9 @@ import threading
 import config as config_lib
 from libs.utils import filesystem
 from libs.utils.frozen_weights import assume_frozen_weights
+from libs.utils.processes import alive
+
+_WORK_DIR_RE = re.compile(r'^demo_app-(\d+)-')
 
 
 def parse_args(argv=None):
@@ -70,6 +75,17 @@ def _bind_probe(host, port):
         return s.getsockname()[1]
 
 
+def _work_dir():
+    """A new folder for the page's class-map PNGs in the system's temporary folder, named by this
+    process's pid, after removing those of earlier pages that were killed before they could."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        match = _WORK_DIR_RE.match(name)
+        if match and not alive(int(match.group(1))):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f'demo_app-{os.getpid()}-')
+
+
 @filesystem.one_line_errors
 def main(argv=None):
     args = parse_args(argv)
@@ -97,7 +113,7 @@ def main(argv=None):
     if stop.is_set():
         print('Stopped.', file=sys.stderr)
         return 0
-    with tempfile.TemporaryDirectory(prefix='demo_app-') as work_dir:
+    with _work_dir() as work_dir:
         demo = app.build_demo(predictor, prediction.class_names_of(run_config),
                               prediction.class_colors_of(run_config), work_dir,
                               title=f'DeepLabV3: {os.path.basename(os.path.normpath(prefix))}',
