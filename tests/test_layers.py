@@ -1,5 +1,5 @@
 """Slim's initialiser by its distribution; batch norm in training mode, fused or not, against the
-textbook formula."""
+textbook formula; atrous depthwise convolutions against TensorFlow's space-to-batch route."""
 import math
 
 import numpy as np
@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 from libs.nets import layers
-from libs.nets.layers import BN_EPSILON, BatchNorm, slim_variance_scaling
+from libs.nets.layers import (BN_EPSILON, NATIVE_DEPTHWISE_RATE_MAX, BatchNorm, DepthwiseConv2D,
+                              slim_variance_scaling)
 
 KERNEL = [3, 3, 256, 512]  # 1.2M weights: the sample std is then known to ~0.1%.
 
@@ -83,3 +84,54 @@ def test_training_batch_norm_matches_the_formula(shape, fused, monkeypatch):
     for got, want in zip(tape.gradient(loss, [inputs, bn.gamma, bn.beta]),
                          tape.gradient(ref_loss, [inputs, bn.gamma, bn.beta])):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize('rate', [2, NATIVE_DEPTHWISE_RATE_MAX, NATIVE_DEPTHWISE_RATE_MAX + 1, 12])
+def test_atrous_depthwise_convolution_matches_space_to_batch(rate):
+    conv = DepthwiseConv2D('dw', 3, 8, np.random.default_rng(3))
+    images = tf.random.stateless_normal([2, 17, 19, 8], seed=[1, rate])
+    expected = tf.nn.depthwise_conv2d(images, conv.kernel, [1, 1, 1, 1], 'SAME',
+                                      dilations=[rate, rate])
+    np.testing.assert_allclose(conv(images, rate=rate).numpy(), expected.numpy(), rtol=1e-5,
+                               atol=1e-5)
+    # At inference, the op's own dilations up to the limit; beyond it, space-to-batch.
+    ops = {op.type for op in tf.function(lambda x: conv(x, rate=rate)).get_concrete_function(
+        tf.TensorSpec(images.shape)).graph.get_operations()}
+    assert ('SpaceToBatchND' in ops) == (rate > NATIVE_DEPTHWISE_RATE_MAX), ops
+
+
+def test_atrous_depthwise_gradients_are_space_to_batch_ones():
+    """TensorFlow 2.21's gradients of the op's own dilations are wrong on the CPU (the first
+    check below); under a tape the layer takes the space-to-batch route, whose are right."""
+    conv = DepthwiseConv2D('dw', 3, 8, np.random.default_rng(3))
+    images = tf.random.stateless_normal([2, 17, 19, 8], seed=[1, 2])
+
+    def gradients(forward):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            outputs = forward()
+            loss = tf.reduce_sum(outputs * outputs)
+        return [g.numpy() for g in tape.gradient(loss, [images, conv.kernel])]
+
+    def native():
+        return tf.raw_ops.DepthwiseConv2dNative(input=images, filter=conv.kernel,
+                                                strides=[1, 1, 1, 1], padding='SAME',
+                                                dilations=[1, 2, 2, 1])
+
+    def space_to_batch():
+        return tf.nn.depthwise_conv2d(images, conv.kernel, [1, 1, 1, 1], 'SAME',
+                                      dilations=[2, 2])
+
+    wrong, right = gradients(native), gradients(space_to_batch)
+    assert np.abs(wrong[0] - right[0]).max() > 1.0  # if this fails, TensorFlow fixed its op
+    # Numerical check of the space-to-batch gradient against a central difference.
+    got = gradients(lambda: conv(images, rate=2))
+    for g, r in zip(got, right):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-4)
+    index = (1, 5, 7, 3)
+    step = np.zeros(images.shape, np.float32)
+    step[index] = 1e-2
+    loss = lambda x: float(tf.reduce_sum(tf.nn.depthwise_conv2d(
+        x, conv.kernel, [1, 1, 1, 1], 'SAME', dilations=[2, 2]) ** 2))
+    numeric = (loss(images + step) - loss(images - step)) / 2e-2
+    assert abs(numeric - got[0][index]) < 1e-2 * max(1.0, abs(numeric))

@@ -6,6 +6,7 @@ moving_mean, moving_variance}`, exactly as slim does, so slim's ImageNet checkpo
 """
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.eager import record
 
 from libs.nets.atrous import atrous_conv2d
 
@@ -70,6 +71,11 @@ def fixed_padding(inputs, kernel_size, rate=1):
     """
     k_eff = kernel_size + (kernel_size - 1) * (rate - 1)
     pad_total = k_eff - 1
+    if pad_total == 0:
+        # A 1x1 kernel needs none; a Pad op by zero would still copy the tensor, and a residual
+        # sum feeding it stops grappler's remapper fusing any convolution of the graph
+        # (docs/performance.md).
+        return inputs
     pad_beg = pad_total // 2
     pad_end = pad_total - pad_beg
     return tf.pad(inputs, [[0, 0], [pad_beg, pad_end], [pad_beg, pad_end], [0, 0]])
@@ -138,6 +144,14 @@ def _strided_input(conv, inputs, stride, rate):
     return fixed_padding(inputs, conv.kernel_size), 'VALID'
 
 
+# The largest rate an atrous depthwise convolution runs at inference with the op's own dilations.
+# Up to it, oneDNN's kernel takes 0.5-0.7x the time of `tf.nn.depthwise_conv2d`'s space-to-batch
+# route, with the same outputs; from rate 7 on it falls to a kernel 2-10x slower than that route
+# (docs/performance.md, Xception-65). Never while a gradient tape records: TensorFlow 2.21's
+# gradients of the dilated op are wrong on the CPU (tests/test_layers.py).
+NATIVE_DEPTHWISE_RATE_MAX = 6
+
+
 class DepthwiseConv2D(tf.Module):
     """A depthwise 2-D convolution with slim's names: `<scope>/depthwise_weights` [k, k, C, 1],
     `<scope>/biases` [C] (only when folded). Padding as `Conv2D`'s."""
@@ -153,7 +167,11 @@ class DepthwiseConv2D(tf.Module):
     def __call__(self, inputs, stride=1, rate=1):
         """[B, H, W, C] -> [B, ceil(H / stride), ceil(W / stride), C]."""
         kernel = tf.cast(self.kernel, inputs.dtype)
-        if stride == 1:
+        if stride == 1 and rate <= NATIVE_DEPTHWISE_RATE_MAX and not record.could_possibly_record():
+            outputs = tf.raw_ops.DepthwiseConv2dNative(
+                input=inputs, filter=kernel, strides=[1, 1, 1, 1], padding='SAME',
+                dilations=[1, rate, rate, 1])
+        elif stride == 1:
             outputs = tf.nn.depthwise_conv2d(inputs, kernel, [1, 1, 1, 1], 'SAME',
                                              dilations=[rate, rate])
         else:
