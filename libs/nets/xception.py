@@ -29,6 +29,20 @@ MULTI_GRID_BLOCK = 'exit_flow/block2'  # whose units' three rates `multi_grid` s
 INIT_STDDEVS = (0.33, 0.09)
 
 
+def _relu_beside_shortcut(inputs, training):
+    """ReLU of a module's input [B, H, W, C], which its shortcut takes too.
+
+    At inference it is written as a maximum. The input is the previous module's sum; TensorFlow
+    2.21's remapper fuses convolution + bias + sum + ReLU into one op even when the sum has other
+    consumers (this shortcut), then fails ('fanout ... exist for missing node add_N') and leaves
+    the whole graph unfused: no convolution of the network gets its bias or ReLU fused. Training
+    keeps ReLU, whose gradient at 0 is 0 (the maximum's is 1).
+    """
+    if training:
+        return tf.nn.relu(inputs)
+    return tf.maximum(inputs, tf.zeros([], inputs.dtype))
+
+
 class XceptionModule(tf.Module):
     """One Xception module under `<scope>/xception_module/`."""
 
@@ -52,7 +66,9 @@ class XceptionModule(tf.Module):
         residual, second = inputs, None
         for index, separable in enumerate(self.separable):
             if not self.activation_inside:
-                residual = tf.nn.relu(residual)
+                shared = index == 0 and self.shortcut_kind != 'none'
+                residual = (_relu_beside_shortcut(residual, training) if shared
+                            else tf.nn.relu(residual))
             residual = separable(residual, training, stride=stride if index == 2 else 1,
                                  rate=rate * unit_rates[index])
             if index == 1:
