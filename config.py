@@ -70,6 +70,10 @@ class TrainConfig:
     # 'none', 'median-frequency', 'inverse-sqrt' or a file; the weights it gave are recorded.
     class_weights: str = 'none'
     class_weight_values: Optional[Tuple[float, ...]] = None
+    # Keep probability of the dropout after ASPP's projection (libs/nets/dropout.py); None: the
+    # variant's (0.9 as the reference trains its networks; 1.0, none, for slim's ResNets, the
+    # paper's). Runs recorded before this field trained without dropout.
+    dropout_keep_prob: Optional[float] = None
     num_steps: int = 30000
     # Batch norm: trained (statistics updated) unless frozen.
     freeze_bn: bool = False
@@ -101,8 +105,8 @@ class TrainConfig:
 
 def resolve_network(config):
     """`config` with every network field the variant decides made explicit: the variant's name,
-    multi-grid, ASPP rates and kind (the decoder stays as given: None is no decoder), so that
-    config.json records the network whole.
+    multi-grid, ASPP rates and kind (the decoder stays as given: None is no decoder), and the
+    dropout after ASPP, so that config.json records the network and its training whole.
 
     Raises:
         ValueError: an unknown variant, or a depth multiplier or multi-grid it does not take.
@@ -132,6 +136,8 @@ def resolve_network(config):
             values.get('atrous_rates', config.atrous_rates))
     if variant.num_layers is not None:
         values['num_layers'] = variant.num_layers
+    if config.dropout_keep_prob is None:
+        values['dropout_keep_prob'] = variant.dropout_keep_prob
     return dataclasses.replace(config, **values)
 
 
@@ -221,6 +227,11 @@ def positive_float(text):
 def unit_interval(text):
     """argparse type: a finite number in [0, 1] (momentum, decay rates)."""
     return _number(text, float, minimum=0.0, maximum=1.0)
+
+
+def keep_probability(text):
+    """argparse type: a probability in (0, 1] (dropout's keep probability)."""
+    return _number(text, float, maximum=1.0, above=0.0)
 
 
 def class_weights_spec(text):
@@ -321,6 +332,10 @@ def build_train_parser(doc):
                    help='momentum of SGD')
     g.add_argument('--weight-decay', type=non_negative_float, default=d.weight_decay,
                    help='L2 weight decay on the convolution weights')
+    g.add_argument('--dropout-keep-prob', type=keep_probability, default=d.dropout_keep_prob,
+                   help="keep probability of the dropout after ASPP's projection in training; "
+                        "default the variant's: 0.9 as the reference DeepLab trains its "
+                        "networks, 1 (none) for slim's ResNets (the paper's)")
     g.add_argument('--num-steps', type=positive_int, default=d.num_steps,
                    help='global step at which training ends')
     g.add_argument('--class-weights', type=class_weights_spec, default=d.class_weights,
@@ -634,6 +649,8 @@ def load_run_config(path):
         # Recorded before the variants: a slim ResNet with the paper's ASPP, image pooling
         # concatenated last.
         values['aspp_pooling_first'] = False
+    # Recorded before the dropout after ASPP existed: trained without it.
+    values.setdefault('dropout_keep_prob', 1.0)
     for name in ('multi_grid', 'atrous_rates'):
         if values.get(name) is not None:
             values[name] = tuple(values[name])

@@ -48,10 +48,12 @@ def records(tmp_path_factory):
 
 def train_args(records, run_dir):
     # --bn-decay 0.5: the moving statistics move enough to compare. The last step's checkpoint
-    # is validated.
+    # is validated. --dropout-keep-prob 0.5: each worker drops its rows of the global batch's
+    # mask, so two workers still equal one process with two replicas, across the resumes.
     return ['--data-dir', records, '--split-name', 'train', '--num-layers', '50',
             '--batch-size', '2', '--input-size', '33', '--num-steps', str(NUM_STEPS),
-            '--bn-decay', '0.5', '--log-every', '1', '--save-pred-every', '1000',
+            '--bn-decay', '0.5', '--dropout-keep-prob', '0.5', '--log-every', '1',
+            '--save-pred-every', '1000',
             '--val-split', 'val', '--keep-best', '--snapshot-dir', run_dir]
 
 

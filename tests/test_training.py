@@ -128,16 +128,20 @@ def undo_op_determinism():
     framework_config.disable_op_determinism()
 
 
-def test_resume_keeps_step_and_optimizer_state(constant_records, tmp_path, undo_op_determinism):
+@pytest.mark.parametrize('dropout_keep_prob', [1.0, 0.5])
+def test_resume_keeps_step_and_optimizer_state(constant_records, tmp_path, undo_op_determinism,
+                                               dropout_keep_prob):
     """Resuming a 4-step run from its step-2 checkpoint ends with the same weights as the run that
-    went straight through: the global step (hence the learning rate) and the momentum survive.
-    Every batch is the same image, so the data order cannot explain a difference; deterministic
-    ops rule out thread-order rounding. (Batch 1: two identical images in one batch would give
-    the image-pooling batch norm a variance of pure rounding noise.)"""
+    went straight through: the global step (hence the learning rate, and the dropout masks) and
+    the momentum survive. Every batch is the same image, so the data order cannot explain a
+    difference; deterministic ops rule out thread-order rounding. (Batch 1: two identical images
+    in one batch would give the image-pooling batch norm a variance of pure rounding noise.)"""
     config = tiny_config(constant_records, tmp_path / 'straight', random_scale=False,
                          random_mirror=False, num_steps=4, save_pred_every=2, batch_size=1,
-                         deterministic=True)
+                         deterministic=True, dropout_keep_prob=dropout_keep_prob)
     straight = train(config, log=lambda _: None)
+    with open(os.path.join(config.snapshot_dir, 'config.json')) as f:
+        assert json.load(f)['dropout_keep_prob'] == dropout_keep_prob
     assert straight.global_step == 4
     resumed_dir = tmp_path / 'resumed'
     resumed_dir.mkdir()

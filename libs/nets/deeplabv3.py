@@ -12,6 +12,7 @@ import tensorflow as tf
 from libs.nets import variants
 from libs.nets.aspp import ASPP, ASPP_DEPTH
 from libs.nets.decoder import Decoder
+from libs.nets.dropout import replica_dropout
 from libs.nets.layers import Conv2D, resize_aligned_corners
 from libs.nets.strides import OUTPUT_STRIDES
 
@@ -40,12 +41,16 @@ class DeepLabV3(tf.Module):
         decoder_output_stride: the V3+ decoder's output stride (4); None: no decoder.
         aspp_pooling_first: image pooling first in ASPP's concatenation (the reference's order;
             False for runs of this project written before it was adopted).
+        dropout_keep_prob: keep probability of the dropout after ASPP's projection in training
+            (`libs/nets/dropout.py`); 1.0: none; None: the variant's (the reference's 0.9, or 1.0
+            for slim's ResNets).
     """
 
     def __init__(self, num_classes=21, depth=101, output_stride=16, multi_grid=None,
                  freeze_bn=False, sync_bn=False, bn_decay=0.9997, seed=None, model_variant=None,
                  depth_multiplier=1.0, atrous_rates=None, aspp_separable=None,
-                 decoder_output_stride=None, aspp_pooling_first=True, depth_divisor=None):
+                 decoder_output_stride=None, aspp_pooling_first=True, depth_divisor=None,
+                 dropout_keep_prob=1.0):
         super().__init__(name='deeplabv3')
         if output_stride not in OUTPUT_STRIDES:
             raise ValueError(f'output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}')
@@ -66,7 +71,12 @@ class DeepLabV3(tf.Module):
                              f'has decoder end points at '
                              f'{", ".join(map(str, sorted(variant.decoder_end_points)))}, and it '
                              f'must be below the output stride {output_stride}')
+        if dropout_keep_prob is None:
+            dropout_keep_prob = variant.dropout_keep_prob
+        if not 0.0 < dropout_keep_prob <= 1.0:
+            raise ValueError(f'dropout keep probability must be in (0, 1], got {dropout_keep_prob}')
         self.variant = variant
+        self.dropout_keep_prob = dropout_keep_prob
         self.num_classes = num_classes
         self.output_stride = output_stride
         self.preprocessing = variant.preprocessing
@@ -87,13 +97,18 @@ class DeepLabV3(tf.Module):
         self.classifier = Conv2D(LOGITS_SCOPE, 1, head_channels, num_classes, rng,
                                  use_bias=True)
 
-    def __call__(self, images, training=False, output_stride=None):
+    def __call__(self, images, training=False, output_stride=None, dropout_seed=None,
+                 replica=(0, 1)):
         """Computes logits at 1/OS of the input (1/decoder OS with a decoder).
 
         Args:
             images: normalised images [B, H, W, 3] (`self.preprocessing`).
-            training: batch statistics and moving-average updates in batch norm (unless frozen).
+            training: batch statistics and moving-average updates in batch norm (unless frozen),
+                and dropout after ASPP.
             output_stride: overrides the model's default output stride for this call.
+            dropout_seed: int64 [2], the step's dropout seed (`dropout.step_seed`); needed in
+                training when `dropout_keep_prob` < 1.
+            replica: (index, count) of this replica's batch in the global batch, for dropout.
         Returns:
             logits [B, ceil(H / S), ceil(W / S), num_classes], S the output stride, or the
             decoder's output stride with a decoder.
@@ -101,6 +116,10 @@ class DeepLabV3(tf.Module):
         output_stride = output_stride or self.output_stride
         features, endpoints = self.backbone(images, output_stride, training)
         net = self.aspp(features, output_stride, training)
+        if training and self.dropout_keep_prob < 1.0:
+            if dropout_seed is None:
+                raise ValueError('training with dropout needs the step\'s dropout_seed')
+            net = replica_dropout(net, self.dropout_keep_prob, dropout_seed, *replica)
         if self.decoder_output_stride is not None:
             net = self.decoder(net, endpoints[self.low_level_end_point], training)
         return self.classifier(net)

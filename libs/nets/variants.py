@@ -47,6 +47,8 @@ class Variant:
             network that has a depth multiplier, else None.
         depth_of_checkpoint: {name: shape} -> (depth multiplier, depth divisor) of a
             checkpoint of this network, for a network that has a depth multiplier, else None.
+        dropout_keep_prob: the default keep probability of the dropout after ASPP in training:
+            the reference's 0.9, or 1.0 (none) for slim's ResNets, which reproduce the paper.
     """
     name: str
     scope: str
@@ -64,6 +66,7 @@ class Variant:
     num_layers: Optional[int] = None
     default_depth_divisor: Optional[Callable] = None
     depth_of_checkpoint: Optional[Callable] = None
+    dropout_keep_prob: float = 0.9
 
 
 def _resnet_end_points(depth):
@@ -99,7 +102,7 @@ def _table():
                               _resnet(depth, False),
                               _resnet_end_points(depth), (1, 2, 4), RATES_AT_OS16, False, None,
                               f'{name}.ckpt (TF-slim {name}_2016_08_28.tar.gz)',
-                              num_layers=depth)
+                              num_layers=depth, dropout_keep_prob=1.0)
     for depth in (50, 101):
         name = f'resnet_v1_{depth}_beta'
         table[name] = Variant(name, f'resnet_v1_{depth}', f'resnet_v1_{depth}/conv1_1/weights',

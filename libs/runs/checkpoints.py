@@ -205,7 +205,8 @@ def build_model(config, num_replicas=1):
                      atrous_rates=config.atrous_rates, aspp_separable=config.aspp_separable,
                      decoder_output_stride=config.decoder_output_stride,
                      aspp_pooling_first=config.aspp_pooling_first,
-                     depth_divisor=config.depth_divisor)
+                     depth_divisor=config.depth_divisor,
+                     dropout_keep_prob=config.dropout_keep_prob)
 
 
 def load_trained_model(path, output_stride=None, reference=None, log=print):

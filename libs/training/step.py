@@ -11,6 +11,7 @@ import re
 import tensorflow as tf
 
 from libs.evaluation.metrics import confusion_matrix
+from libs.nets.dropout import step_seed
 from libs.training.loss_scale import unscaled_gradients
 from libs.training.losses import masked_cross_entropy_sum, weight_decay_loss
 from libs.training.schedules import poly_learning_rate
@@ -134,7 +135,7 @@ def build_train_step(model, optimizer, global_step, strategy, config, loss_scale
         global_step: int64 variable, incremented once per applied update.
         strategy: the strategy the model was created under.
         config: `TrainConfig` (num_classes, ignore_label, class_weight_values, weight_decay,
-            precision).
+            precision, random_seed: with the global step, the seed of the step's dropout).
         loss_scale: a `loss_scale.DynamicLossScale` created under `strategy`'s scope, or None.
     Returns:
         The step function. Its outputs are the global batch's loss (scalar float32, weight decay
@@ -148,8 +149,13 @@ def build_train_step(model, optimizer, global_step, strategy, config, loss_scale
         replica = tf.distribute.get_replica_context()
         labels = check_labels(labels, config.num_classes, config.ignore_label)
         images = tf.cast(images, dtype)
+        # Read before this step's update: the masks of step N are those of a run resumed at N.
+        dropout_seed = (step_seed(config.random_seed, global_step)
+                        if model.dropout_keep_prob < 1.0 else None)
         with tf.GradientTape() as tape:
-            logits = model(images, training=True)
+            logits = model(images, training=True, dropout_seed=dropout_seed,
+                           replica=(replica.replica_id_in_sync_group,
+                                    replica.num_replicas_in_sync))
             loss_sum, weight_sum, logits = masked_cross_entropy_sum(
                 logits, labels, config.ignore_label, config.class_weight_values)
             global_weight = replica.all_reduce(tf.distribute.ReduceOp.SUM, weight_sum)
