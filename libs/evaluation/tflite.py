@@ -36,7 +36,8 @@ from libs.utils.preprocessing import IMAGENET_MEAN
 from libs.utils.image_io import atomic_directory
 
 QUANTIZATIONS = ('none', 'float16', 'int8')
-# TFLite builtin ops an int8 model runs in float32 (after dequantizing the logits [1, S/OS, S/OS, C]).
+# The TFLite builtin ops an int8 model runs in float32, after dequantizing the logits
+# [1, S/OS, S/OS, C].
 FLOAT_TAIL_OPS = ('RESIZE_BILINEAR', 'SOFTMAX')
 INPUT_NAME = 'image'
 OUTPUT_NAME = 'probabilities'

@@ -72,10 +72,7 @@ def fixed_padding(inputs, kernel_size, rate=1):
     k_eff = kernel_size + (kernel_size - 1) * (rate - 1)
     pad_total = k_eff - 1
     if pad_total == 0:
-        # A 1x1 kernel needs none; a Pad op by zero would still copy the tensor, and a residual
-        # sum feeding it stops grappler's remapper fusing any convolution of the graph
-        # (docs/performance.md).
-        return inputs
+        return inputs  # a 1x1 kernel: a Pad op by zero would still copy the tensor
     pad_beg = pad_total // 2
     pad_end = pad_total - pad_beg
     return tf.pad(inputs, [[0, 0], [pad_beg, pad_end], [pad_beg, pad_end], [0, 0]])
@@ -167,7 +164,8 @@ class DepthwiseConv2D(tf.Module):
     def __call__(self, inputs, stride=1, rate=1):
         """[B, H, W, C] -> [B, ceil(H / stride), ceil(W / stride), C]."""
         kernel = tf.cast(self.kernel, inputs.dtype)
-        if stride == 1 and rate <= NATIVE_DEPTHWISE_RATE_MAX and not record.could_possibly_record():
+        native = rate <= NATIVE_DEPTHWISE_RATE_MAX and not record.could_possibly_record()
+        if stride == 1 and native:
             outputs = tf.raw_ops.DepthwiseConv2dNative(
                 input=inputs, filter=kernel, strides=[1, 1, 1, 1], padding='SAME',
                 dilations=[1, rate, rate, 1])
