@@ -138,8 +138,7 @@ def export_tflite(model, output_dir, class_names, canvas_size=513, output_stride
         converter.representative_dataset = representative_dataset
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                                tf.lite.OpsSet.TFLITE_BUILTINS]
-    model_bytes = (_quantized_but_the_tail(converter, representative_dataset)
-                   if quantize == 'int8' else converter.convert())
+    model_bytes = _quantized_but_the_tail(converter) if quantize == 'int8' else converter.convert()
     with atomic_directory(output_dir, log=log) as tmp_dir:
         with open(os.path.join(tmp_dir, MODEL_FILE), 'wb') as f:
             f.write(model_bytes)
@@ -148,18 +147,20 @@ def export_tflite(model, output_dir, class_names, canvas_size=513, output_stride
     return os.path.join(os.path.abspath(output_dir), MODEL_FILE)
 
 
-def _quantized_but_the_tail(converter, representative_dataset):
-    """The int8 model of a converter set up for int8, with `FLOAT_TAIL_OPS` left in float32.
+def _quantized_but_the_tail(converter):
+    """The int8 model of a converter set up for int8 (its calibration images included), with
+    `FLOAT_TAIL_OPS` left in float32.
 
     Selective quantization as TensorFlow documents it: the quantization debugger calibrates with
     the converter, then quantizes every op but the listed ones. It builds a TFLite interpreter of
-    its own for its (unused) debug statistics, hence the deprecation warning silenced here.
+    its own for its debug statistics (never computed here: no debug dataset), hence the
+    deprecation warning silenced here.
     """
     options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(FLOAT_TAIL_OPS))
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*tf.lite.Interpreter is deprecated')
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter, debug_dataset=representative_dataset, debug_options=options)
+        debugger = tf.lite.experimental.QuantizationDebugger(converter=converter,
+                                                             debug_options=options)
     return debugger.get_nondebug_quantized_model()
 
 
