@@ -118,18 +118,17 @@ def test_int8_model_runs_its_network_in_int8_and_its_canvas_tail_in_float32(expo
     _, paths, _ = exported
     from ai_edge_litert.interpreter import Interpreter
     interpreter = Interpreter(model_path=paths['int8'])
-    dtypes = {t['index']: t['dtype'] for t in interpreter.get_tensor_details()}
+    tensors = {t['index']: t for t in interpreter.get_tensor_details()}
     ops = interpreter._get_ops_details()  # no public listing of a model's ops
     kinds = {}
     for op in ops:
-        kinds.setdefault(op['op_name'], set()).update(dtypes[i] for i in op['outputs'])
+        kinds.setdefault(op['op_name'], set()).update(tensors[i]['dtype'] for i in op['outputs'])
     assert kinds['CONV_2D'] == {np.int8}, kinds
     for name in tflite.FLOAT_TAIL_OPS:
         assert kinds[name] == {np.float32}, kinds
     # One dequantization, of the logits [1, S/OS, S/OS, C] (and none of the S x S canvas).
     dequantized = [o for o in ops if o['op_name'] == 'DEQUANTIZE']
-    shapes = [tuple(interpreter.get_tensor_details()[o['outputs'][0]]['shape'])
-              for o in dequantized]
+    shapes = [tuple(tensors[o['outputs'][0]]['shape']) for o in dequantized]
     side = (CANVAS - 1) // OUTPUT_STRIDE + 1
     assert shapes == [(1, side, side, 5)], shapes
 
